@@ -1,0 +1,78 @@
+"""Orbax checkpoints of the train state, and the workdir's record of the model shape."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from jaxrec.errors import InputError
+from jaxrec.fileio import atomic_open
+from jaxrec.model import ModelConfig
+
+LATEST = "checkpoints"  # every --checkpoint_every_steps and at the end: for resuming
+BEST = "best"  # the state with the best validation NDCG@10 so far
+
+
+def manager(workdir: str, which: str = LATEST, every: int = 1, max_to_keep: int = 3):
+  """A CheckpointManager for `workdir/which`; saves only at steps divisible by `every`."""
+  options = ocp.CheckpointManagerOptions(save_interval_steps=max(every, 1), max_to_keep=max_to_keep,
+                                         cleanup_tmp_directories=True, create=True)
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, which)), options=options)
+
+
+def restore(mgr, step: int, abstract_state):
+  """Restores `step` into the shapes/shardings of `abstract_state` (from jax.eval_shape)."""
+  return mgr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+
+def save(mgr, step: int, state, force: bool = False) -> None:
+  if step not in mgr.all_steps():
+    mgr.save(step, args=ocp.args.StandardSave(state), force=force)
+
+
+def abstract_like(state_shapes, sharding):
+  """ShapeDtypeStructs carrying `sharding`, what StandardRestore needs to place arrays."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state_shapes)
+
+
+def config_path(workdir: str) -> str:
+  return os.path.join(workdir, "model_config.json")
+
+
+def write_model_config(workdir: str, config: ModelConfig) -> None:
+  with atomic_open(config_path(workdir)) as f:
+    json.dump(dataclasses.asdict(config), f, indent=1, sort_keys=True)
+
+
+def read_model_config(workdir: str) -> ModelConfig | None:
+  path = config_path(workdir)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return ModelConfig(**json.load(f))
+  except (ValueError, TypeError) as e:
+    raise InputError(f"{path}: not a jaxrec model config ({e})") from None
+
+
+def check_same_model(workdir: str, config: ModelConfig) -> None:
+  """Refuses to resume checkpoints of a model of another shape."""
+  saved = read_model_config(workdir)
+  if saved is None:
+    return
+  diffs = [f"{k} {v} there, {getattr(config, k)} now" for k, v in dataclasses.asdict(saved).items()
+           if v != getattr(config, k) and k in _SHAPE_FIELDS]
+  if diffs:
+    raise InputError(f"--workdir={workdir} holds checkpoints of a different model ({'; '.join(diffs)}): "
+                     "use a new --workdir or the flags it was trained with")
+
+
+_SHAPE_FIELDS = ("num_items", "seq_length", "hidden_size", "num_attention_heads", "num_hidden_layers",
+                 "feed_forward_size", "share_embeddings", "position_order")
+
+
+def restore_params(mgr, step: int):
+  """The parameters of checkpoint `step` as host arrays, whatever optimizer wrote them."""
+  return mgr.restore(step, args=ocp.args.StandardRestore())["params"]

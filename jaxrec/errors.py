@@ -1,0 +1,27 @@
+"""User-facing errors: one line, exit status 2, no traceback."""
+
+import contextlib
+import sys
+
+EXIT_USAGE = 2
+
+
+class InputError(Exception):
+  """Bad input data, flags or files. The message is one line naming the culprit."""
+
+
+@contextlib.contextmanager
+def exit_on_input_error(prog: str):
+  """Turns InputError into `prog: error: ...` and exit 2, TrainingError into exit 1."""
+  try:
+    yield
+  except InputError as e:
+    print(f"{prog}: error: {e}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+  except TrainingError as e:
+    print(f"{prog}: error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+class TrainingError(Exception):
+  """Training cannot go on (e.g. a non-finite loss); the message says where and why."""

@@ -1,0 +1,48 @@
+"""Export user and item vectors with raw ids to one .npz (SPEC section 6), for `jaxrec.recall`."""
+
+import numpy as np
+
+from jaxrec import data
+from jaxrec import evaluate
+from jaxrec.fileio import atomic_path
+from jaxrec.model import ModelConfig
+
+
+def history_ends(log: data.ClickLog, until: str) -> np.ndarray:
+  """[U] exclusive end of the clicks each user vector is computed from.
+
+  until="none": the whole history (production); "test": the clicks before the test
+  item of users with >= 3 clicks (users with fewer keep all: they have no test item).
+  """
+  ends = log.indptr[1:].copy()
+  if until == "test":
+    ends -= log.lengths() >= 3
+  elif until != "none":
+    raise ValueError(f"export_until must be none or test, not {until!r}")
+  return ends
+
+
+def export_embeddings(params, config: ModelConfig, log: data.ClickLog, path: str, until: str = "none",
+                      batch_size: int = 1024) -> dict:
+  """Writes `path` atomically; returns the arrays written.
+
+  user_ids [U], user_emb [U, D], item_ids [I-1], item_emb [I-1, D] (padding dropped),
+  visited_indptr [U+1], visited_indices (CSR of the clicks behind each user vector,
+  as indices into item_ids).
+  """
+  ends = history_ends(log, until)
+  users = np.arange(log.num_users)
+  lengths = ends - log.indptr[:-1]
+  indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+  visited = log.items[np.repeat(log.indptr[:-1] - indptr[:-1], lengths) + np.arange(indptr[-1])]
+  arrays = {
+      "user_ids": log.user_ids.astype(str),
+      "user_emb": evaluate.user_vectors(params, config, log, users, ends, batch_size),
+      "item_ids": log.item_ids[1:].astype(str),
+      "item_emb": evaluate.item_table(params, config)[1:],
+      "visited_indptr": indptr,
+      "visited_indices": (visited - 1).astype(np.int64),
+  }
+  with atomic_path(path, suffix=".npz") as tmp:
+    np.savez(tmp, **arrays)
+  return arrays

@@ -1,0 +1,247 @@
+r"""jaxrec command line: train, evaluate or export the seq2seq recall model.
+
+  python -m jaxrec.main --flagfile=experiments/base.flags              # train (resumes)
+  python -m jaxrec.main --flagfile=experiments/base.flags --mode=eval  # evaluate a checkpoint
+  python -m jaxrec.main --flagfile=experiments/base.flags --mode=export
+
+This is the only module that defines flags: it turns them into configs and calls
+the library. Bad flags or input exit with status 2 and one line on stderr.
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from jaxrec import console
+from jaxrec import data
+from jaxrec.errors import InputError, exit_on_input_error
+
+PROG = "jaxrec"
+
+# Data.
+flags.DEFINE_string("data_path", "", "Click log to train on (not needed with --data_format=synthetic).")
+flags.DEFINE_enum("data_format", "auto", list(data.FORMATS),
+                  "note: `user:[i1,i2]` lines; sequences: `user i1 i2 ...` lines; pairs: `user item "
+                  "[time]` lines; csv: header + --user_col/--item_col/--time_col; synthetic: built-in "
+                  "generated clicks; auto: detect from the file.")
+flags.DEFINE_string("user_col", "user", "CSV column of user ids.")
+flags.DEFINE_string("item_col", "item", "CSV column of item ids.")
+flags.DEFINE_string("time_col", "", "CSV column of timestamps (optional; sorts each user's clicks).")
+flags.DEFINE_integer("synthetic_users", 5000, "Users of the synthetic click log.")
+flags.DEFINE_integer("synthetic_items", 1000, "Items of the synthetic click log.")
+flags.DEFINE_integer("synthetic_seed", 0, "Seed of the synthetic click log.")
+# Model (SPEC section 8 defaults).
+flags.DEFINE_integer("seq_length", 70, "Most recent clicks the encoder reads (L).")
+flags.DEFINE_integer("hidden_size", 64, "Embedding and hidden size (D).")
+flags.DEFINE_integer("num_attention_heads", 2, "Attention heads (H); must divide --hidden_size.")
+flags.DEFINE_integer("num_hidden_layers", 2, "Self-attention encoder layers.")
+flags.DEFINE_integer("feed_forward_size", 0, "Inner size of a feed-forward sub-layer per layer; 0: none.")
+flags.DEFINE_float("dropout_rate", 0.0, "Dropout on embeddings and sub-layer outputs.")
+flags.DEFINE_float("attention_dropout_rate", 0.0, "Dropout on attention probabilities.")
+flags.DEFINE_bool("share_embeddings", False, "Tie outputs_embedding to item_embeddings.")
+flags.DEFINE_enum("position_order", "forward", ["forward", "backward"],
+                  "forward: first real item has position 0; backward: the most recent has 0.")
+# Training.
+flags.DEFINE_integer("batch_size", 198, "Sequences per global batch (B).")
+flags.DEFINE_integer("num_epochs", 10, "Passes over the training users.")
+flags.DEFINE_float("learning_rate", 1e-3, "Peak Adam learning rate.")
+flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"], "Schedule after warm-up.")
+flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps.")
+flags.DEFINE_float("weight_decay", 0.0, "AdamW decoupled weight decay.")
+flags.DEFINE_float("grad_clip_norm", 0.0, "Clip gradients to this global norm; 0: no clipping.")
+flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling, negatives and dropout.")
+flags.DEFINE_integer("checkpoint_every_steps", 1000, "Checkpoint interval (also at every epoch end).")
+flags.DEFINE_integer("max_to_keep", 3, "Checkpoints kept.")
+flags.DEFINE_integer("log_every_steps", 50, "Progress line interval.")
+# Evaluation and export.
+flags.DEFINE_integer("eval_every_epochs", 1, "Validate every N epochs; 0: never.")
+flags.DEFINE_list("eval_ks", ["10", "20", "50"], "Cut-offs K of HR@K and NDCG@K.")
+flags.DEFINE_integer("eval_batch_size", 1024, "Users per evaluation block.")
+flags.DEFINE_integer("patience", 0, "Stop after this many validations without a better NDCG@10; 0: never.")
+flags.DEFINE_integer("checkpoint_step", None, "--mode=eval/export: checkpoint step (default: latest).")
+flags.DEFINE_enum("export_until", "none", ["none", "test"],
+                  "none: user vectors from the whole history; test: from the clicks before the test item.")
+flags.DEFINE_string("output", "", "--mode=export: output path (default <workdir>/embeddings.npz).")
+# Run.
+flags.DEFINE_string("workdir", "", "Directory of checkpoints, vocabularies, metrics and TensorBoard logs.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "export"], "What to do.")
+flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for multi-process runs.")
+flags.DEFINE_integer("num_processes", 1, "Processes in a multi-process run.")
+flags.DEFINE_integer("process_id", 0, "This process's index in a multi-process run.")
+
+FLAGS = flags.FLAGS
+
+_POSITIVE = ("seq_length", "hidden_size", "num_attention_heads", "num_hidden_layers", "batch_size",
+             "num_epochs", "checkpoint_every_steps", "max_to_keep", "log_every_steps", "eval_batch_size",
+             "synthetic_users", "synthetic_items", "num_processes")
+_NON_NEGATIVE = ("feed_forward_size", "warmup_steps", "weight_decay", "grad_clip_norm",
+                 "eval_every_epochs", "patience")
+
+
+def check_flags() -> None:
+  """Raises InputError naming the first bad flag."""
+  for name in _POSITIVE:
+    if FLAGS[name].value <= 0:
+      raise InputError(f"--{name}={FLAGS[name].value}: must be positive")
+  for name in _NON_NEGATIVE:
+    if FLAGS[name].value < 0:
+      raise InputError(f"--{name}={FLAGS[name].value}: must not be negative")
+  if not FLAGS.learning_rate > 0:
+    raise InputError(f"--learning_rate={FLAGS.learning_rate}: must be positive")
+  for name in ("dropout_rate", "attention_dropout_rate"):
+    if not 0 <= FLAGS[name].value < 1:
+      raise InputError(f"--{name}={FLAGS[name].value}: must be in [0, 1)")
+  if FLAGS.hidden_size % FLAGS.num_attention_heads:
+    raise InputError(f"--hidden_size={FLAGS.hidden_size} is not divisible by "
+                     f"--num_attention_heads={FLAGS.num_attention_heads}")
+  if not FLAGS.workdir:
+    raise InputError("--workdir: required")
+  if FLAGS.data_format != "synthetic" and not FLAGS.data_path:
+    raise InputError("--data_path: required unless --data_format=synthetic")
+  try:
+    ks = [int(k) for k in FLAGS.eval_ks]
+  except ValueError:
+    raise InputError(f"--eval_ks={','.join(FLAGS.eval_ks)}: expected integers like 10,20,50") from None
+  if not ks or min(ks) <= 0:
+    raise InputError(f"--eval_ks={','.join(FLAGS.eval_ks)}: cut-offs must be positive")
+  if FLAGS.eval_every_epochs and 10 not in ks:
+    raise InputError(f"--eval_ks={','.join(FLAGS.eval_ks)}: must include 10 (checkpoints are picked by NDCG@10)")
+  if not 0 <= FLAGS.process_id < FLAGS.num_processes:
+    raise InputError(f"--process_id={FLAGS.process_id}: must be in [0, --num_processes)")
+  if FLAGS.num_processes > 1 and not FLAGS.coordinator_address:
+    raise InputError("--coordinator_address: required when --num_processes > 1")
+
+
+def load_click_log() -> data.ClickLog:
+  if FLAGS.data_format == "synthetic":
+    return data.synthetic_click_log(FLAGS.synthetic_users, FLAGS.synthetic_items, FLAGS.synthetic_seed)
+  return data.read_click_log(FLAGS.data_path, FLAGS.data_format, FLAGS.user_col, FLAGS.item_col,
+                             FLAGS.time_col)
+
+
+def model_config(num_items: int):
+  from jaxrec.model import ModelConfig
+  return ModelConfig(num_items=num_items, seq_length=FLAGS.seq_length, hidden_size=FLAGS.hidden_size,
+                     num_attention_heads=FLAGS.num_attention_heads,
+                     num_hidden_layers=FLAGS.num_hidden_layers,
+                     hidden_dropout_rate=FLAGS.dropout_rate,
+                     attention_dropout_rate=FLAGS.attention_dropout_rate,
+                     feed_forward_size=FLAGS.feed_forward_size,
+                     share_embeddings=FLAGS.share_embeddings, position_order=FLAGS.position_order)
+
+
+def train_config(num_items: int):
+  from jaxrec.train import TrainConfig
+  return TrainConfig(model=model_config(num_items), batch_size=FLAGS.batch_size,
+                     num_epochs=FLAGS.num_epochs, learning_rate=FLAGS.learning_rate,
+                     lr_schedule=FLAGS.lr_schedule, warmup_steps=FLAGS.warmup_steps,
+                     weight_decay=FLAGS.weight_decay, grad_clip_norm=FLAGS.grad_clip_norm,
+                     seed=FLAGS.seed, checkpoint_every_steps=FLAGS.checkpoint_every_steps,
+                     max_to_keep=FLAGS.max_to_keep, log_every_steps=FLAGS.log_every_steps,
+                     eval_every_epochs=FLAGS.eval_every_epochs,
+                     eval_ks=tuple(int(k) for k in FLAGS.eval_ks),
+                     eval_batch_size=FLAGS.eval_batch_size, patience=FLAGS.patience)
+
+
+def prepare_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise InputError(f"--workdir={workdir}: cannot create: {e.strerror}") from None
+  if not os.path.isdir(workdir) or not os.access(workdir, os.W_OK | os.X_OK):
+    raise InputError(f"--workdir={workdir}: not a writable directory")
+
+
+def run_train(log: data.ClickLog) -> None:
+  from jaxrec import checkpoints
+  from jaxrec import train
+  split = data.leave_one_out(log, FLAGS.data_path or "synthetic data")
+  config = train_config(log.num_items)
+  checkpoints.check_same_model(FLAGS.workdir, config.model)
+  prepare_workdir(FLAGS.workdir)
+  checkpoints.write_model_config(FLAGS.workdir, config.model)
+  data.save_vocab(log, os.path.join(FLAGS.workdir, "vocab.npz"))
+  try:
+    train.train_and_evaluate(config, split, FLAGS.workdir)
+  except train.Preempted as e:
+    print(f"{PROG}: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
+
+
+def trained_params(log: data.ClickLog):
+  """(model config, params) of --checkpoint_step (or the latest) in --workdir."""
+  from jaxrec import checkpoints
+  config = checkpoints.read_model_config(FLAGS.workdir)
+  if config is None:
+    raise InputError(f"--workdir={FLAGS.workdir}: no trained model here (no model_config.json)")
+  if config.num_items != log.num_items:
+    raise InputError(f"--data_path={FLAGS.data_path}: {log.num_items - 1} items, but the model in "
+                     f"--workdir={FLAGS.workdir} was trained on {config.num_items - 1}")
+  mgr = checkpoints.manager(FLAGS.workdir)
+  step = FLAGS.checkpoint_step if FLAGS.checkpoint_step is not None else mgr.latest_step()
+  if step is None or step not in mgr.all_steps():
+    raise InputError(f"--checkpoint_step={step}: no such checkpoint in {mgr.directory} "
+                     f"(have {sorted(mgr.all_steps())})")
+  return config, checkpoints.restore_params(mgr, step), step
+
+
+def run_eval(log: data.ClickLog) -> None:
+  from jaxrec import evaluate
+  config, params, step = trained_params(log)
+  split = data.leave_one_out(log, FLAGS.data_path or "synthetic data")
+  ks = tuple(int(k) for k in FLAGS.eval_ks)
+  with open(os.path.join(FLAGS.workdir, "metrics.jsonl"), "a") as f:
+    for which in ("valid", "test"):
+      row = {"split": which, "step": step, "mode": "eval",
+             **evaluate.evaluate(params, config, split, which, ks, FLAGS.eval_batch_size)}
+      evaluate.print_table(row)
+      f.write(json.dumps(row) + "\n")
+
+
+def run_export(log: data.ClickLog) -> None:
+  from jaxrec import export
+  config, params, step = trained_params(log)
+  path = FLAGS.output or os.path.join(FLAGS.workdir, "embeddings.npz")
+  out_dir = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
+    raise InputError(f"--output={path}: directory {out_dir} is not writable")
+  arrays = export.export_embeddings(params, config, log, path, FLAGS.export_until, FLAGS.eval_batch_size)
+  console.info("wrote %s: %d users, %d items, checkpoint step %d", path, len(arrays["user_ids"]),
+               len(arrays["item_ids"]), step)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise InputError(f"unexpected arguments {' '.join(argv[1:])!r} (flags need --)")
+  check_flags()
+  if FLAGS.num_processes > 1:
+    import jax
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  log = load_click_log()
+  {"train": run_train, "eval": run_eval, "export": run_export}[FLAGS.mode](log)
+
+
+def parse_flags(argv):
+  """absl flag parsing, but a bad flag is one line on stderr and exit status 2."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f"{PROG}: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run() -> None:
+  def guarded(argv):
+    if not FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)  # Orbax and JAX are chatty at INFO
+    with exit_on_input_error(PROG):
+      main(argv)
+  app.run(guarded, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

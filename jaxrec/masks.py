@@ -1,0 +1,27 @@
+"""Attention masks and bias (SPEC section 4).
+
+Shape key: B batch, L sequence length.
+"""
+
+import jax.numpy as jnp
+
+ATTENTION_BIAS = -10000.0
+
+
+def subsequent_mask(length: int) -> jnp.ndarray:
+  """[1, 1, L, L] float: 1 on and below the diagonal (query t sees keys <= t), 0 above."""
+  return jnp.tril(jnp.ones((length, length), jnp.float32))[None, None]
+
+
+def padding_mask(input_ids_BxL: jnp.ndarray) -> jnp.ndarray:
+  """[B, L] float: 1 for real items, 0 for padding (id 0)."""
+  return (input_ids_BxL != 0).astype(jnp.float32)
+
+
+def attention_bias(input_ids_BxL: jnp.ndarray) -> jnp.ndarray:
+  """[B, 1, L, L]: 0 where attention is allowed, -10000 where it is not.
+
+  mask = padding_mask (broadcast as keys, [B, 1, 1, L]) * subsequent_mask [1, 1, L, L].
+  """
+  mask_Bx1xLxL = padding_mask(input_ids_BxL)[:, None, None, :] * subsequent_mask(input_ids_BxL.shape[1])
+  return (1.0 - mask_Bx1xLxL) * ATTENTION_BIAS

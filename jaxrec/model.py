@@ -1,0 +1,127 @@
+"""The seq2seq encoder (SPEC sections 2-4): embeddings + causal self-attention layers.
+
+The Flax module only composes the pure functions of `masks` and `attention`.
+Shape key: B batch, L sequence length, D hidden size, I item table rows (0 = padding).
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxrec import attention
+from jaxrec import masks
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Model hyperparameters; defaults are SPEC section 8."""
+  num_items: int  # item table rows, padding row 0 included
+  seq_length: int = 70
+  hidden_size: int = 64
+  num_attention_heads: int = 2
+  num_hidden_layers: int = 2
+  hidden_dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  feed_forward_size: int = 0  # 0: no feed-forward sub-layer (SPEC); e.g. 256 as in SASRec
+  share_embeddings: bool = False  # outputs_embedding tied to item_embeddings
+  position_order: str = "forward"  # forward: first real item is 0; backward: most recent is 0
+  initializer_range: float = 0.02
+  layer_norm_epsilon: float = 1e-12
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_attention_heads:
+      raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
+                       f"num_attention_heads {self.num_attention_heads}")
+    if self.position_order not in ("forward", "backward"):
+      raise ValueError(f"position_order must be forward or backward, not {self.position_order!r}")
+
+
+def position_ids(input_ids_BxL, order: str = "forward") -> jnp.ndarray:
+  """[B, L] int32 positions of the real (left-padded) items; padding slots get 0.
+
+  forward: the first real item is 0, the next 1, ...; backward: the most recent is 0.
+  Positions depend only on the real items, so outputs at real positions are the same
+  at any padded length.
+  """
+  length = input_ids_BxL.shape[1]
+  t_L = jnp.arange(length)
+  if order == "forward":
+    num_pad_B = length - jnp.sum(input_ids_BxL != 0, axis=1)
+    pos_BxL = t_L[None, :] - num_pad_B[:, None]
+  else:
+    pos_BxL = jnp.broadcast_to(length - 1 - t_L, input_ids_BxL.shape)
+  return jnp.where(input_ids_BxL != 0, pos_BxL, 0).astype(jnp.int32)
+
+
+class EncoderLayer(nn.Module):
+  """Self-attention (+ optional feed-forward), each with residual and post-LayerNorm."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, bias_Bx1xLxL, deterministic: bool):
+    c = self.config
+    init = nn.initializers.normal(c.initializer_range)
+    dense = lambda size, name: nn.Dense(size, kernel_init=init, name=name)
+    q, k, v = (dense(c.hidden_size, name)(x_BxLxD) for name in ("query", "key", "value"))
+    use_dropout = not deterministic and c.attention_dropout_rate > 0
+    rng = self.make_rng("dropout") if use_dropout else None
+    context_BxLxD = attention.multi_head_attention(
+        q, k, v, bias_Bx1xLxL, c.num_attention_heads, c.attention_dropout_rate, rng)
+    h_BxLxD = dense(c.hidden_size, "attention_output")(context_BxLxD)
+    h_BxLxD = nn.Dropout(c.hidden_dropout_rate)(h_BxLxD, deterministic)
+    x_BxLxD = nn.LayerNorm(c.layer_norm_epsilon, name="attention_norm")(h_BxLxD + x_BxLxD)
+    if c.feed_forward_size:
+      f_BxLxF = nn.gelu(dense(c.feed_forward_size, "feed_forward_in")(x_BxLxD))
+      f_BxLxD = dense(c.hidden_size, "feed_forward_out")(f_BxLxF)
+      f_BxLxD = nn.Dropout(c.hidden_dropout_rate)(f_BxLxD, deterministic)
+      x_BxLxD = nn.LayerNorm(c.layer_norm_epsilon, name="feed_forward_norm")(f_BxLxD + x_BxLxD)
+    return x_BxLxD
+
+
+class Seq2Seq(nn.Module):
+  """Item + position embeddings, `num_hidden_layers` encoder layers, an output item table."""
+  config: ModelConfig
+
+  def setup(self):
+    c = self.config
+    init = nn.initializers.normal(c.initializer_range)
+    self.item_embeddings = nn.Embed(c.num_items, c.hidden_size, embedding_init=init)
+    self.position_embeddings = nn.Embed(c.seq_length, c.hidden_size, embedding_init=init)
+    if not c.share_embeddings:
+      self.outputs_embedding = nn.Embed(c.num_items, c.hidden_size, embedding_init=init)
+    self.embedding_dropout = nn.Dropout(c.hidden_dropout_rate)
+    self.layers = [EncoderLayer(c, name=f"layer_{i}") for i in range(c.num_hidden_layers)]
+
+  def encode(self, input_ids_BxL, deterministic: bool = True) -> jnp.ndarray:
+    """seq_out [B, L, D]: the last layer's output at every position."""
+    real_BxLx1 = (input_ids_BxL != 0)[..., None]
+    pos_BxLxD = self.position_embeddings(position_ids(input_ids_BxL, self.config.position_order))
+    x_BxLxD = self.item_embeddings(input_ids_BxL) + jnp.where(real_BxLx1, pos_BxLxD, 0.0)
+    x_BxLxD = self.embedding_dropout(x_BxLxD, deterministic)
+    bias_Bx1xLxL = masks.attention_bias(input_ids_BxL)
+    for layer in self.layers:
+      x_BxLxD = layer(x_BxLxD, bias_Bx1xLxL, deterministic)
+    return x_BxLxD
+
+  def output_table(self) -> jnp.ndarray:
+    """[I, D]: the candidate-side item vectors (also the vectors recall indexes)."""
+    table = self.item_embeddings if self.config.share_embeddings else self.outputs_embedding
+    return table.embedding
+
+  def user_vectors(self, input_ids_BxL) -> jnp.ndarray:
+    """[B, D]: the output at the last position, the most recent real item (left padding)."""
+    return self.encode(input_ids_BxL, deterministic=True)[:, -1, :]
+
+  def __call__(self, input_ids_BxL, label_BxL, deterministic: bool = True):
+    """(seq_out [B, L, D], ids_emb [B, L, D]): the two sides of the lbm logits."""
+    seq_out_BxLxD = self.encode(input_ids_BxL, deterministic)
+    ids_emb_BxLxD = jnp.take(self.output_table(), label_BxL, axis=0)
+    return seq_out_BxLxD, ids_emb_BxLxD
+
+
+def init_params(config: ModelConfig, rng: jax.Array):
+  """Parameters for `config`, from a typed PRNG key."""
+  ids = jnp.ones((1, config.seq_length), jnp.int32)
+  return Seq2Seq(config).init({"params": rng}, ids, ids)["params"]

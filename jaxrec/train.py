@@ -1,0 +1,374 @@
+"""Training: optimizer, the sharded jit train step, the epoch loop with checkpoints and evaluation.
+
+The batch is sharded along the `data` mesh axis over all devices (of all processes);
+parameters and optimizer state are replicated. The loss is computed over the global
+batch, so it equals the single-device loss.
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxrec import checkpoints
+from jaxrec import console
+from jaxrec import data
+from jaxrec import evaluate
+from jaxrec import masks
+from jaxrec.errors import TrainingError
+from jaxrec.loss import in_batch_softmax_loss
+from jaxrec.model import ModelConfig, Seq2Seq, init_params
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything training needs besides the data; main builds it from flags."""
+  model: ModelConfig
+  batch_size: int = 198
+  num_epochs: int = 10
+  learning_rate: float = 1e-3
+  lr_schedule: str = "constant"  # constant | cosine (after warm-up)
+  warmup_steps: int = 0
+  weight_decay: float = 0.0
+  grad_clip_norm: float = 0.0  # 0: no clipping
+  adam_b2: float = 0.999
+  seed: int = 0
+  checkpoint_every_steps: int = 1000
+  max_to_keep: int = 3
+  log_every_steps: int = 50
+  eval_every_epochs: int = 1  # 0: no validation
+  eval_ks: tuple = (10, 20, 50)
+  eval_batch_size: int = 1024
+  patience: int = 0  # evaluations without improvement before stopping; 0: never stop early
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def make_optimizer(config: TrainConfig, total_steps: int):
+  """(optax transformation, learning-rate schedule): Adam(W), warm-up, optional clipping."""
+  warmup = min(config.warmup_steps, max(total_steps - 1, 0))
+  if config.lr_schedule == "cosine":
+    lr = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, max(total_steps, warmup + 1))
+  elif warmup:
+    lr = optax.join_schedules([optax.linear_schedule(0.0, config.learning_rate, warmup),
+                               optax.constant_schedule(config.learning_rate)], [warmup])
+  else:
+    lr = optax.constant_schedule(config.learning_rate)
+  adam = optax.adamw(lr, b2=config.adam_b2, weight_decay=config.weight_decay)
+  if config.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adam), lr
+  return adam, lr
+
+
+def loss_fn(params, model: Seq2Seq, batch: dict, dropout_rng=None):
+  seq_out, ids_emb = model.apply({"params": params}, batch["input_ids"], batch["label"],
+                                 deterministic=dropout_rng is None,
+                                 rngs=None if dropout_rng is None else {"dropout": dropout_rng})
+  return in_batch_softmax_loss(seq_out, ids_emb, batch["hot_weight"],
+                               masks.padding_mask(batch["input_ids"]), batch["row_mask"])
+
+
+def train_step(state: TrainState, batch: dict, *, model: Seq2Seq, tx) -> tuple[TrainState, dict]:
+  """One Adam step on the global batch; the dropout key is fold_in(rng, step)."""
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+  loss, grads = jax.value_and_grad(loss_fn)(state.params, model, batch, dropout_rng)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+
+def data_mesh() -> Mesh:
+  return Mesh(np.array(jax.devices()), ("data",))
+
+
+def padded_batch_size(batch_size: int, num_devices: int) -> int:
+  """Rows per global batch: batch_size rounded up to a multiple of the device count."""
+  return -(-batch_size // num_devices) * num_devices
+
+
+def to_global(batch: dict, sharding: NamedSharding) -> dict:
+  """Host batch -> global arrays; each process sends only the rows of its own devices."""
+  rows = next(iter(batch.values())).shape[0]
+  per_process = rows // jax.process_count()
+  start = jax.process_index() * per_process
+  return {k: jax.make_array_from_process_local_data(sharding, v[start:start + per_process], v.shape)
+          for k, v in batch.items()}
+
+
+class Trainer:
+  """Owns the mesh, the jitted step and the checkpoint managers of one workdir."""
+
+  def __init__(self, config: TrainConfig, split: data.Split, workdir: str):
+    self.config, self.split, self.workdir = config, split, workdir
+    self.model = Seq2Seq(config.model)
+    self.mesh = data_mesh()
+    self.replicated = NamedSharding(self.mesh, P())
+    self.batch_sharding = NamedSharding(self.mesh, P("data"))
+    self.train_users = split.train_users
+    if len(self.train_users) == 0:
+      raise TrainingError("no user has 2 or more training clicks: nothing to train on")
+    self.steps_per_epoch = -(-len(self.train_users) // config.batch_size)
+    self.total_steps = self.steps_per_epoch * config.num_epochs
+    self.rows = padded_batch_size(config.batch_size, jax.device_count())
+    self.sampler = data.PopularitySampler(split.item_counts())
+    self.tx, self.lr = make_optimizer(config, self.total_steps)
+    step = functools.partial(train_step, model=self.model, tx=self.tx)
+    self.train_step = jax.jit(step, in_shardings=(self.replicated, self.batch_sharding),
+                              out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+    self.latest = checkpoints.manager(workdir, checkpoints.LATEST, config.checkpoint_every_steps,
+                                      config.max_to_keep)
+    self.best = checkpoints.manager(workdir, checkpoints.BEST, 1, 1)
+
+  def init_state(self) -> TrainState:
+    def init(rng):
+      params_rng, dropout_rng = jax.random.split(rng)
+      params = init_params(self.config.model, params_rng)
+      return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params), dropout_rng)
+    return jax.jit(init, out_shardings=self.replicated)(jax.random.key(self.config.seed))
+
+  def abstract_state(self):
+    shapes = jax.eval_shape(lambda: self.init_state())
+    return checkpoints.abstract_like(shapes, self.replicated)
+
+  def restore_or_init(self) -> TrainState:
+    step = self.latest.latest_step()
+    if step is None:
+      return self.init_state()
+    console.info("resuming from %s at step %d", self.latest.directory, step)
+    return checkpoints.restore(self.latest, step, self.abstract_state())
+
+  def batch(self, epoch: int, index: int) -> dict:
+    order = _epoch_order(len(self.train_users), self.config.seed, epoch)
+    b = self.config.batch_size
+    users = self.train_users[order[index * b:(index + 1) * b]]
+    host = data.train_batch(self.split, self.sampler, users, self.rows, self.config.model.seq_length,
+                            self.config.seed, epoch, index)
+    return to_global(host, self.batch_sharding)
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(num_rows: int, seed: int, epoch: int) -> np.ndarray:
+  return data.epoch_order(num_rows, seed, epoch)
+
+
+class _StopSignal:
+  """Remembers SIGTERM/SIGINT so the loop can checkpoint and exit between steps."""
+
+  def __init__(self):
+    self.signum = None
+    self._old = {}
+
+  def __enter__(self):
+    for s in (signal.SIGTERM, signal.SIGINT):
+      self._old[s] = signal.signal(s, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for s, handler in self._old.items():
+      signal.signal(s, handler)
+
+
+class Preempted(Exception):
+  """Training stopped by a signal after saving a checkpoint."""
+
+  def __init__(self, signum: int, step: int):
+    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; "
+                     "checkpoint saved, rerun the same command to resume")
+    self.exit_code = 128 + signum
+
+
+def _check_finite(metrics_host: dict, step: int) -> None:
+  for name in ("loss", "grad_norm"):
+    if not math.isfinite(metrics_host[name]):
+      raise TrainingError(f"{name} is {metrics_host[name]} at step {step}: training stopped; the last "
+                          "checkpoint before it is intact (try a lower --learning_rate or --grad_clip_norm)")
+
+
+class MetricsLog:
+  """Appends JSON lines to <workdir>/metrics.jsonl and mirrors scalars to TensorBoard."""
+
+  def __init__(self, workdir: str, enabled: bool):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.enabled = enabled
+    self.writer = None
+    if enabled:
+      from tensorboardX import SummaryWriter
+      self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
+
+  def scalars(self, step: int, values: dict, prefix: str = "") -> None:
+    if self.writer:
+      for k, v in values.items():
+        self.writer.add_scalar(prefix + k.replace("@", "_"), v, step)
+
+  def record(self, row: dict, prefix: str) -> None:
+    if not self.enabled:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+    self.scalars(row["step"], {k: v for k, v in row.items() if isinstance(v, float)}, prefix)
+
+  def close(self):
+    if self.writer:
+      self.writer.close()
+
+
+def train_and_evaluate(config: TrainConfig, split: data.Split, workdir: str) -> dict:
+  """Trains (resuming from the workdir's latest checkpoint), validates, tests the best state.
+
+  Returns the final test metrics (or {} when validation is off).
+  """
+  trainer = Trainer(config, split, workdir)
+  log = MetricsLog(workdir, enabled=jax.process_index() == 0)
+  state = trainer.restore_or_init()
+  progress = _EvalProgress.load(workdir)
+  step = int(jax.device_get(state.step))
+  console.info("%d training sequences, %d steps/epoch x %d epochs, global batch %d on %d device(s)",
+               len(trainer.train_users), trainer.steps_per_epoch, config.num_epochs, trainer.rows,
+               jax.device_count())
+  try:
+    with _StopSignal() as stop:
+      state = _train_loop(trainer, state, step, log, progress, stop)
+  finally:
+    trainer.latest.wait_until_finished()
+    trainer.best.wait_until_finished()
+    log.close()
+  result = {}
+  if config.eval_every_epochs and trainer.best.latest_step() is not None:
+    best_step = trainer.best.latest_step()
+    best = checkpoints.restore(trainer.best, best_step, trainer.abstract_state())
+    result = evaluate.evaluate(best.params, config.model, split, "test", config.eval_ks,
+                               config.eval_batch_size)
+    row = {"split": "test", "epoch": progress.best_epoch, "step": best_step, **result}
+    log = MetricsLog(workdir, enabled=jax.process_index() == 0)
+    log.record(row, "test/")
+    log.close()
+    evaluate.print_table(row)
+  trainer.latest.close()
+  trainer.best.close()
+  return result
+
+
+@dataclasses.dataclass
+class _EvalProgress:
+  """Best validation score and patience counter, persisted so resumed runs stop alike."""
+  path: str
+  best_ndcg: float = -1.0
+  best_epoch: int = -1
+  bad_evals: int = 0
+  stopped: bool = False
+
+  @classmethod
+  def load(cls, workdir):
+    path = os.path.join(workdir, "eval_progress.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        return cls(path, **json.load(f))
+    return cls(path)
+
+  def save(self):
+    from jaxrec.fileio import atomic_open
+    if jax.process_index() == 0:
+      with atomic_open(self.path) as f:
+        json.dump({k: v for k, v in dataclasses.asdict(self).items() if k != "path"}, f)
+
+
+def _train_loop(trainer: Trainer, state, step: int, log: MetricsLog, progress, stop) -> TrainState:
+  config = trainer.config
+  interval_start, interval_rows, interval_steps = time.perf_counter(), 0, 0
+  epoch_loss, epoch_steps = 0.0, 0
+  pending = None  # (step, metrics) not yet read: read after the next step is dispatched
+
+  def settle():
+    """Reads the pending step's metrics (stopping on non-finite ones) and accounts its loss."""
+    nonlocal pending, epoch_loss, epoch_steps
+    host = _fetch(pending[1])
+    _check_finite(host, pending[0])
+    epoch_loss, epoch_steps, pending = epoch_loss + host["loss"], epoch_steps + 1, None
+    return host
+
+  while step < trainer.total_steps and not progress.stopped:
+    epoch, index = divmod(step, trainer.steps_per_epoch)
+    batch = trainer.batch(epoch, index)
+    state, metrics = trainer.train_step(state, batch)
+    step += 1
+    if pending is not None:
+      settle()
+    pending = (step, metrics)
+    interval_rows += min(config.batch_size, len(trainer.train_users) - index * config.batch_size)
+    interval_steps += 1
+    end_of_epoch = index == trainer.steps_per_epoch - 1
+    save = step % config.checkpoint_every_steps == 0 or end_of_epoch or stop.signum
+    if step % config.log_every_steps == 0 or save:
+      host = settle()  # also guarantees that the state about to be saved is finite
+      elapsed = time.perf_counter() - interval_start
+      speed = interval_rows / max(elapsed, 1e-9)
+      eta = (trainer.total_steps - step) * elapsed / max(interval_steps, 1)
+      console.info("epoch %d step %d/%d loss %.4f %.0f seq/s ETA %s", epoch + 1, step,
+                   trainer.total_steps, host["loss"], speed, _hms(eta))
+      log.scalars(step, {"loss": host["loss"], "learning_rate": float(trainer.lr(step - 1)),
+                         "sequences_per_s": speed, "grad_norm": host["grad_norm"]}, "train/")
+      interval_start, interval_rows, interval_steps = time.perf_counter(), 0, 0
+    if save:
+      checkpoints.save(trainer.latest, step, state, force=True)
+    if stop.signum:
+      trainer.latest.wait_until_finished()
+      raise Preempted(stop.signum, step)
+    if end_of_epoch:
+      log.record({"split": "train", "epoch": epoch + 1, "step": step,
+                  "loss": epoch_loss / max(epoch_steps, 1), "steps": epoch_steps}, "train/epoch_")
+      epoch_loss, epoch_steps = 0.0, 0
+      if config.eval_every_epochs and (epoch + 1) % config.eval_every_epochs == 0:
+        _validate(trainer, state, epoch + 1, step, log, progress)
+        interval_start = time.perf_counter()  # throughput counts training only
+  return state
+
+
+def _validate(trainer: Trainer, state, epoch: int, step: int, log: MetricsLog, progress) -> None:
+  config = trainer.config
+  result = evaluate.evaluate(state.params, config.model, trainer.split, "valid", config.eval_ks,
+                             config.eval_batch_size)
+  row = {"split": "valid", "epoch": epoch, "step": step, **result}
+  log.record(row, "valid/")
+  evaluate.print_table(row)
+  if result["ndcg@10"] > progress.best_ndcg:
+    progress.best_ndcg, progress.best_epoch, progress.bad_evals = result["ndcg@10"], epoch, 0
+    checkpoints.save(trainer.best, step, state, force=True)
+  else:
+    progress.bad_evals += 1
+    if config.patience and progress.bad_evals >= config.patience:
+      console.info("early stopping: no better validation NDCG@10 for %d evaluations (best %.4f at "
+                   "epoch %d)", progress.bad_evals, progress.best_ndcg, progress.best_epoch)
+      progress.stopped = True
+  trainer.best.wait_until_finished()
+  progress.save()
+
+
+def _fetch(metrics: dict) -> dict:
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def _hms(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -15,11 +15,16 @@ LATEST = "checkpoints"  # every --checkpoint_every_steps and at the end: for res
 BEST = "best"  # the state with the best validation NDCG@10 so far
 
 
-def manager(workdir: str, which: str = LATEST, every: int = 1, max_to_keep: int = 3):
-  """A CheckpointManager for `workdir/which`; saves only at steps divisible by `every`."""
+def manager(workdir: str, which: str = LATEST, every: int = 1, max_to_keep: int = 3, writer: bool = True):
+  """A CheckpointManager for `workdir/which`; saves only at steps divisible by `every`.
+
+  A writer creates the directory and deletes saves left unfinished by a killed run; a
+  reader (eval, export) does neither, so it never removes the save a running trainer has in flight.
+  """
   options = ocp.CheckpointManagerOptions(save_interval_steps=max(every, 1), max_to_keep=max_to_keep,
-                                         cleanup_tmp_directories=True, create=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, which)), options=options)
+                                         cleanup_tmp_directories=writer, create=writer)
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, which)), options=options,
+                               item_handlers=ocp.StandardCheckpointHandler())
 
 
 def restore(mgr, step: int, abstract_state):
@@ -74,5 +79,9 @@ _SHAPE_FIELDS = ("num_items", "seq_length", "hidden_size", "num_attention_heads"
 
 
 def restore_params(mgr, step: int):
-  """The parameters of checkpoint `step` as host arrays, whatever optimizer wrote them."""
-  return mgr.restore(step, args=ocp.args.StandardRestore())["params"]
+  """The parameters of checkpoint `step` on this process's first device, whatever optimizer
+  and device topology (e.g. several processes) wrote them."""
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local),
+                        mgr.item_metadata(step))
+  return mgr.restore(step, args=ocp.args.StandardRestore(target))["params"]

@@ -9,6 +9,7 @@ the library. Bad flags or input exit with status 2 and one line on stderr.
 """
 
 import json
+import math
 import os
 import sys
 
@@ -90,8 +91,8 @@ def check_flags() -> None:
   for name in _NON_NEGATIVE:
     if FLAGS[name].value < 0:
       raise InputError(f"--{name}={FLAGS[name].value}: must not be negative")
-  if not FLAGS.learning_rate > 0:
-    raise InputError(f"--learning_rate={FLAGS.learning_rate}: must be positive")
+  if not 0 < FLAGS.learning_rate < math.inf:
+    raise InputError(f"--learning_rate={FLAGS.learning_rate}: must be positive and finite")
   for name in ("dropout_rate", "attention_dropout_rate"):
     if not 0 <= FLAGS[name].value < 1:
       raise InputError(f"--{name}={FLAGS[name].value}: must be in [0, 1)")
@@ -148,6 +149,8 @@ def train_config(num_items: int):
 
 
 def prepare_workdir(workdir: str) -> None:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise InputError(f"--workdir={workdir}: not a directory")
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
@@ -159,7 +162,11 @@ def prepare_workdir(workdir: str) -> None:
 def run_train(log: data.ClickLog) -> None:
   from jaxrec import checkpoints
   from jaxrec import train
-  split = data.leave_one_out(log, FLAGS.data_path or "synthetic data")
+  source = FLAGS.data_path or "synthetic data"
+  split = data.leave_one_out(log, source)
+  if len(split.train_users) == 0:
+    raise InputError(f"{source}: no user has 2 or more training clicks (users with 3 or more "
+                     "clicks keep their last 2 for validation and test): nothing to train on")
   config = train_config(log.num_items)
   checkpoints.check_same_model(FLAGS.workdir, config.model)
   prepare_workdir(FLAGS.workdir)
@@ -181,9 +188,11 @@ def trained_params(log: data.ClickLog):
   if config.num_items != log.num_items:
     raise InputError(f"--data_path={FLAGS.data_path}: {log.num_items - 1} items, but the model in "
                      f"--workdir={FLAGS.workdir} was trained on {config.num_items - 1}")
-  mgr = checkpoints.manager(FLAGS.workdir)
+  mgr = checkpoints.manager(FLAGS.workdir, writer=False)
+  if not mgr.all_steps():
+    raise InputError(f"--workdir={FLAGS.workdir}: no checkpoints in {mgr.directory} yet")
   step = FLAGS.checkpoint_step if FLAGS.checkpoint_step is not None else mgr.latest_step()
-  if step is None or step not in mgr.all_steps():
+  if step not in mgr.all_steps():
     raise InputError(f"--checkpoint_step={step}: no such checkpoint in {mgr.directory} "
                      f"(have {sorted(mgr.all_steps())})")
   return config, checkpoints.restore_params(mgr, step), step
@@ -207,6 +216,8 @@ def run_export(log: data.ClickLog) -> None:
   config, params, step = trained_params(log)
   path = FLAGS.output or os.path.join(FLAGS.workdir, "embeddings.npz")
   out_dir = os.path.dirname(os.path.abspath(path))
+  if os.path.isdir(path):
+    raise InputError(f"--output={path}: is a directory")
   if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
     raise InputError(f"--output={path}: directory {out_dir} is not writable")
   arrays = export.export_embeddings(params, config, log, path, FLAGS.export_until, FLAGS.eval_batch_size)

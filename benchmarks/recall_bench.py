@@ -1,0 +1,229 @@
+"""Recall benchmark: `jaxrec.recall` against the design note's one-user loop.
+
+  python -m benchmarks.recall_bench --users 20000 --items 12000 --dim 64 --top_n 50
+  python -m benchmarks.recall_bench --approx  # adds IVF and HNSW on 1M items (minutes)
+
+Every exact method runs in its own process, so faiss thread settings and peak
+memory stay apart. Times are compared with the matmul floor: the U x I x D score
+matmul at numpy's float32 matmul ceiling, measured in the same run. Run on a
+quiet machine: faiss's OpenMP threads slow down sharply when a core is busy.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import faiss
+import numpy as np
+
+from benchmarks import common
+from jaxrec import recall
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("users", 20000, "Users.")
+flags.DEFINE_integer("items", 12000, "Items.")
+flags.DEFINE_integer("dim", 64, "Embedding size.")
+flags.DEFINE_integer("top_n", 50, "Items per user.")
+flags.DEFINE_integer("max_visits", 30, "Visited items per user: uniform in [1, max_visits].")
+flags.DEFINE_bool("approx", False, "Also time IVF and HNSW on a large catalog.")
+flags.DEFINE_integer("approx_items", 1_000_000, "Items for --approx.")
+flags.DEFINE_integer("approx_users", 100_000, "Users for --approx.")
+flags.DEFINE_integer("approx_truth_users", 2000, "Users with exact ground truth for --approx.")
+flags.DEFINE_bool("update_md", True, "Write the tables into BENCHMARKS.md.")
+flags.DEFINE_enum("worker", None, ["note_loop", "library"],
+                  "Internal: run one method on --worker_npz in this process.")
+flags.DEFINE_string("worker_npz", None, "Internal: input .npz.")
+flags.DEFINE_string("worker_output", None, "Internal: output TSV.")
+flags.DEFINE_integer("worker_threads", None, "Internal: faiss threads.")
+
+
+def make_embeddings(seed, num_users, num_items, dim, max_visits, clusters=0):
+  """Random exported arrays; `clusters` > 0 draws vectors around that many centres."""
+  rng = np.random.default_rng(seed)
+  if clusters:
+    centres = rng.standard_normal((clusters, dim), dtype=np.float32)
+    def draw(n):
+      return (centres[rng.integers(0, clusters, n)]
+              + 0.5 * rng.standard_normal((n, dim), dtype=np.float32))
+  else:
+    def draw(n):
+      return rng.standard_normal((n, dim), dtype=np.float32)
+  visits = rng.integers(1, max_visits + 1, num_users)
+  indptr = np.concatenate([[0], np.cumsum(visits)])
+  return recall.Embeddings(
+      user_ids=np.array([f"u{u}" for u in range(num_users)]), user_emb=draw(num_users),
+      item_ids=np.array([f"i{j}" for j in range(num_items)]), item_emb=draw(num_items),
+      visited_indptr=indptr, visited_indices=rng.integers(0, num_items, indptr[-1]))
+
+
+def note_loop(emb: recall.Embeddings, top_n: int):
+  """The design note's recall, one user at a time, as written."""
+  index = faiss.IndexFlatIP(emb.item_emb.shape[1])
+  index.add(emb.item_emb)
+  lists = []
+  for i in range(len(emb.user_emb)):
+    visited = set(emb.visited_indices[emb.visited_indptr[i]:emb.visited_indptr[i + 1]].tolist())
+    _, I = index.search(emb.user_emb[i:i + 1], int(top_n * 24 + 3 * len(visited)))
+    lists.append([j for j in I[0] if j != -1 and j not in visited][:top_n])
+  return lists
+
+
+def _worker():
+  """Runs one method on --worker_npz, writes its TSV, prints {"seconds": ...}."""
+  if FLAGS.worker_threads:
+    faiss.omp_set_num_threads(FLAGS.worker_threads)
+  emb = recall.load_embeddings(FLAGS.worker_npz)
+  start = time.perf_counter()
+  if FLAGS.worker == "note_loop":
+    lists = note_loop(emb, FLAGS.top_n)
+    seconds = time.perf_counter() - start
+    items_UxN = np.full((len(lists), FLAGS.top_n), -1, np.int64)
+    for u, row in enumerate(lists):
+      items_UxN[u, :len(row)] = row
+  else:
+    items_UxN, _ = recall.recall_top_n(emb.user_emb, emb.item_emb, emb.visited_indptr,
+                                       emb.visited_indices, FLAGS.top_n)
+    seconds = time.perf_counter() - start
+  recall.write_recall(FLAGS.worker_output, emb.user_ids, emb.item_ids, items_UxN)
+  print(json.dumps({"seconds": seconds, "threads": faiss.omp_get_max_threads()}))
+
+
+def _run_child(args):
+  """Runs `python args`; returns (wall seconds, peak RSS MiB, stdout)."""
+  with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=err, cwd=REPO)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    out.seek(0)
+    err.seek(0)
+    if proc.returncode:
+      raise RuntimeError(f"python {' '.join(args)} failed:\n{err.read()}")
+    return wall, usage.ru_maxrss / 1024, out.read()
+
+
+def _differing_users(path_a, path_b) -> int:
+  with open(path_a) as a, open(path_b) as b:
+    lines_a, lines_b = a.readlines(), b.readlines()
+  assert len(lines_a) == len(lines_b)
+  return sum(x != y for x, y in zip(lines_a, lines_b))
+
+
+def exact_section(tmp) -> str:
+  users, items, dim, top_n = FLAGS.users, FLAGS.items, FLAGS.dim, FLAGS.top_n
+  emb = make_embeddings(0, users, items, dim, FLAGS.max_visits)
+  npz = os.path.join(tmp, "emb.npz")
+  np.savez(npz, **{f: getattr(emb, f) for f in recall.ARRAYS})
+  ceiling = common.numpy_matmul_gflops()
+  floor_s = 2 * users * items * dim / (ceiling * 1e9)
+  default_threads = faiss.omp_get_max_threads()
+
+  def worker(name, threads=None):
+    out = os.path.join(tmp, f"{name}-{threads}.tsv")
+    args = ["-m", "benchmarks.recall_bench", f"--worker={name}", f"--worker_npz={npz}",
+            f"--worker_output={out}", f"--top_n={top_n}"]
+    wall, rss, stdout = _run_child(args + ([f"--worker_threads={threads}"] if threads else []))
+    return json.loads(stdout.strip().splitlines()[-1])["seconds"], rss, out
+
+  cli_out = os.path.join(tmp, "cli.tsv")
+  cli_s, cli_rss, _ = _run_child(["-m", "jaxrec.recall", f"--embeddings={npz}",
+                                  f"--top_n={top_n}", f"--output={cli_out}"])
+  lib_s, lib_rss, lib_out = worker("library")
+  note_s, note_rss, note_out = worker("note_loop")
+  note1_s, note1_rss, note1_out = worker("note_loop", threads=1)
+  differing = _differing_users(cli_out, note_out)
+  if differing:
+    print(f"WARNING: jaxrec.recall differs from the note loop for {differing} users")
+
+  def verdict(path):
+    n = _differing_users(path, note_out)
+    return "identical" if n == 0 else f"{n} users differ"
+  rows = [
+      ("`python -m jaxrec.recall` (whole process: start, load, search, write)",
+       cli_s, cli_rss, verdict(cli_out)),
+      ("`recall.recall_top_n` (search only, in its own process)", lib_s, lib_rss,
+       verdict(lib_out)),
+      (f"note loop, faiss default threads ({default_threads})", note_s, note_rss,
+       "(reference)"),
+      ("note loop, `faiss.omp_set_num_threads(1)`", note1_s, note1_rss,
+       verdict(note1_out)),
+  ]
+  table = common.markdown_table(
+      ["method", "seconds", "x matmul floor", "peak RSS (MiB)", "lists vs note loop"],
+      [(name, f"{s:.2f}", f"{s / floor_s:.0f}x", f"{rss:.0f}", v)
+       for name, s, rss, v in rows])
+  return "\n".join([
+      f"{users:,} users x {items:,} items x {dim} dims, random normal; 1-{FLAGS.max_visits} "
+      f"visited items per user (repeats possible); top_n={top_n}; faiss {faiss.__version__}.",
+      f"Matmul floor: 2*U*I*D = {2 * users * items * dim / 1e9:.1f} GFLOP at "
+      f"{ceiling:.0f} GFLOP/s (numpy float32 matmul ceiling, this run) = {floor_s:.3f} s.",
+      "Note-loop times exclude process start and loading; the first row includes both.",
+      "",
+      table,
+  ])
+
+
+def approx_section() -> str:
+  users, items, top_n = FLAGS.approx_users, FLAGS.approx_items, FLAGS.top_n
+  truth_users = min(FLAGS.approx_truth_users, users)
+  emb = make_embeddings(1, users, items, FLAGS.dim, FLAGS.max_visits, clusters=1000)
+  args = (emb.visited_indptr, emb.visited_indices, top_n)
+  truth_ptr = emb.visited_indptr[:truth_users + 1]
+  start = time.perf_counter()
+  truth, _ = recall.recall_top_n(emb.user_emb[:truth_users], emb.item_emb, truth_ptr,
+                                 emb.visited_indices[:truth_ptr[-1]], top_n)
+  exact_s = time.perf_counter() - start
+  rows = [("flat (exact)", "-", f"{exact_s:.1f} ({truth_users:,} users)",
+           f"{truth_users / exact_s:,.0f}", "1.000")]
+  for config in (recall.IndexConfig("ivf"), recall.IndexConfig("hnsw")):
+    start = time.perf_counter()
+    index = recall.build_index(emb.item_emb, config)
+    build_s = time.perf_counter() - start
+    got, _ = recall.recall_top_n(emb.user_emb, emb.item_emb, *args, index=index)
+    search_s = time.perf_counter() - start - build_s
+    hits = sum(len(set(g) & set(t)) for g, t in zip(got[:truth_users].tolist(),
+                                                     truth.tolist()))
+    if config.kind == "ivf":
+      name = (f"ivf (nlist {recall.default_ivf_nlist(items)}, "
+              f"nprobe {config.ivf_nprobe})")
+    else:
+      name = (f"hnsw (M {config.hnsw_m}, efSearch {config.hnsw_ef_search}, "
+              f"efConstruction {config.hnsw_ef_construction})")
+    rows.append((name, f"{build_s:.1f}", f"{search_s:.1f} ({users:,} users)",
+                 f"{users / search_s:,.0f}", f"{hits / truth.size:.3f}"))
+  table = common.markdown_table(
+      ["index", "build s", "search s", "users/s", f"recall@{top_n} vs exact"], rows)
+  return "\n".join([
+      f"Approximate: {items:,} items, {users:,} users, {FLAGS.dim} dims around 1,000 "
+      f"random centres (noise 0.5); recall measured on the first {truth_users:,} users.",
+      "",
+      table,
+  ])
+
+
+def main(argv):
+  del argv
+  if FLAGS.worker:
+    _worker()
+    return
+  with tempfile.TemporaryDirectory() as tmp:
+    parts = [f"`{common.command_line('benchmarks.recall_bench')}`",
+             f"Machine: {common.machine_line()}.", "", exact_section(tmp)]
+  if FLAGS.approx:
+    parts += ["", approx_section()]
+  markdown = "\n".join(["## Recall", ""] + parts)
+  print(markdown)
+  if FLAGS.update_md:
+    common.update_section("recall", markdown)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,509 @@
+"""Recall: every user's top-n unvisited items by inner product, with faiss.
+
+Standalone on purpose: it reads the arrays that export writes and never imports
+JAX or the model.
+
+  python -m jaxrec.recall --embeddings=emb.npz --top_n=50 --output=recall.tsv
+
+Output: one line per user, `user<TAB>item1,item2,...` (raw ids, best first), or
+`item:score` pairs with --with_scores. With --num_shards=n --shard_index=s a run
+handles the contiguous users [s*U//n, (s+1)*U//n), so concatenating the shard
+outputs in shard order gives exactly the unsharded output.
+
+Shapes: U users, I items, D embedding size, B users in a search batch, K
+candidates per user, N = top_n.
+"""
+
+import contextlib
+import dataclasses
+import math
+import os
+import time
+import zipfile
+
+from absl import app
+from absl import flags
+from absl import logging
+import faiss
+import numpy as np
+
+from jaxrec import errors
+from jaxrec import fileio
+
+PROG = "jaxrec.recall"
+ARRAYS = ("user_ids", "user_emb", "item_ids", "item_emb", "visited_indptr",
+          "visited_indices")
+# Extra candidates per search, so that the rounding check below rarely fails.
+MARGIN = 16
+
+# Exactness. The design note searches one user at a time and flat mode must
+# return its lists exactly. faiss scores one query with its SIMD dot product
+# (`fvec_inner_product`) but a large batch with BLAS sgemm. The two round
+# differently (up to ~2e-5 on random normal data, D=64), which reorders near-tied
+# items: a plain batched search changed about 1 list in 1,000 there (and every
+# list when items come in near-duplicate groups). faiss 1.15 also scores a single
+# query with sgemm when it splits >= 10k items over several threads. So:
+#   1. `_single_query_scoring` asks faiss which of the two a one-user search uses
+#      here (rather than copying faiss's internal rule).
+#   2. Candidates come from a batched search, K = top_n + most visited + MARGIN.
+#   3. They are rescored with that arithmetic (SIMD: `fvec_inner_products_by_idx`;
+#      sgemm: the batched search itself, kept on its BLAS path) and ordered as
+#      faiss orders its results: score descending, then item index descending.
+#   4. A user's list is final only if its last item beats every non-candidate by
+#      more than the rounding error: two float32 evaluations of u.v, in any
+#      summation order, differ by at most about 2*D*2^-24*|u||v|; we allow
+#      (D+2)*2^-23*|u|*max|v|. Otherwise the user is searched again with a
+#      larger K (all items at worst).
+# Only a tie group that reaches the note's own k-th result (>= 23*top_n items
+# with one score) can still differ: there faiss keeps an arbitrary subset.
+
+
+@dataclasses.dataclass(frozen=True)
+class Embeddings:
+  """The arrays of an exported `.npz` (validated by `load_embeddings`)."""
+  user_ids: np.ndarray         # [U] str
+  user_emb: np.ndarray         # [U, D] float32
+  item_ids: np.ndarray         # [I] str
+  item_emb: np.ndarray         # [I, D] float32
+  visited_indptr: np.ndarray   # [U + 1] int64, CSR row pointers
+  visited_indices: np.ndarray  # [nnz] int64, indices into item_ids
+
+  def shard(self, num_shards: int, shard_index: int) -> "Embeddings":
+    """The contiguous users [s*U//n, (s+1)*U//n); items are kept whole."""
+    num_users = len(self.user_ids)
+    lo = shard_index * num_users // num_shards
+    hi = (shard_index + 1) * num_users // num_shards
+    indptr = self.visited_indptr[lo:hi + 1]
+    return dataclasses.replace(
+        self, user_ids=self.user_ids[lo:hi], user_emb=self.user_emb[lo:hi],
+        visited_indptr=indptr - indptr[0],
+        visited_indices=self.visited_indices[indptr[0]:indptr[-1]])
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexConfig:
+  """Which faiss index to search; `flat` is exact, `ivf` and `hnsw` approximate."""
+  kind: str = "flat"
+  ivf_nlist: int | None = None  # None: about 4*sqrt(I), at most I/39.
+  ivf_nprobe: int = 32
+  hnsw_m: int = 32
+  hnsw_ef_search: int = 128
+  hnsw_ef_construction: int = 40
+
+
+def _one_line(e: BaseException) -> str:
+  return " ".join(str(e).split()) or type(e).__name__
+
+
+def load_embeddings(path: str) -> Embeddings:
+  """Reads an exported `.npz`; raises InputError naming the file and the problem."""
+  if not os.path.exists(path):
+    raise errors.InputError(f"{path}: no such file")
+  if os.path.isdir(path):
+    raise errors.InputError(f"{path}: is a directory, expected an .npz file")
+  try:
+    npz = np.load(path, allow_pickle=False)
+  except ValueError:  # Neither zip nor .npy: numpy would try pickle next.
+    raise errors.InputError(f"{path}: not an .npz archive")
+  except (OSError, EOFError, zipfile.BadZipFile) as e:
+    raise errors.InputError(f"{path}: not an .npz archive ({_one_line(e)})")
+  if not isinstance(npz, np.lib.npyio.NpzFile):
+    raise errors.InputError(f"{path}: not an .npz archive (a single .npy array)")
+  arrays = {}
+  with npz:
+    missing = [name for name in ARRAYS if name not in npz.files]
+    if missing:
+      raise errors.InputError(f"{path}: missing array(s) {', '.join(missing)}")
+    for name in ARRAYS:
+      try:
+        arrays[name] = npz[name]
+      except ValueError as e:
+        if "allow_pickle" in str(e):
+          raise errors.InputError(
+              f"{path}: array {name} holds pickled Python objects; save plain "
+              "numpy arrays (ids as unicode strings, not dtype=object)")
+        raise errors.InputError(f"{path}: array {name}: {_one_line(e)}")
+      except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise errors.InputError(f"{path}: array {name} is unreadable ({_one_line(e)})")
+  return _checked(path, **arrays)
+
+
+def _checked(path, user_ids, user_emb, item_ids, item_emb, visited_indptr,
+             visited_indices) -> Embeddings:
+  """Validates shapes, dtypes, CSR structure and values; converts dtypes."""
+  def fail(message):
+    raise errors.InputError(f"{path}: {message}")
+
+  for name, ids, bad_chars in (("user_ids", user_ids, "\t\n\r"),
+                               ("item_ids", item_ids, "\t\n\r,")):
+    if ids.ndim != 1 or ids.dtype.kind != "U":
+      fail(f"{name} must be a 1-D array of unicode strings, got {ids.dtype} "
+           f"with shape {ids.shape}")
+    for char in bad_chars:
+      if (np.char.find(ids, char) >= 0).any():
+        fail(f"{name} contains {char!r}, which the output format cannot hold")
+    if len(np.unique(ids)) != len(ids):
+      fail(f"{name} has duplicates")
+  embs = {}
+  for name, emb, ids_name, ids in (("user_emb", user_emb, "user_ids", user_ids),
+                                   ("item_emb", item_emb, "item_ids", item_ids)):
+    if emb.ndim != 2 or emb.dtype.kind != "f":
+      fail(f"{name} must be a 2-D float array, got {emb.dtype} with shape {emb.shape}")
+    if emb.shape[0] != len(ids):
+      fail(f"{name} has {emb.shape[0]} rows but {ids_name} has {len(ids)} ids")
+    if emb.shape[1] == 0:
+      fail(f"{name} has embedding size 0")
+    emb = np.ascontiguousarray(emb, np.float32)
+    if emb.size and not (np.isfinite(emb.min()) and np.isfinite(emb.max())):
+      row = int(np.flatnonzero(~np.isfinite(emb).all(axis=1))[0])
+      fail(f"{name} has non-finite values (first in row {row})")
+    embs[name] = emb
+  if user_emb.shape[1] != item_emb.shape[1]:
+    fail(f"user_emb has size {user_emb.shape[1]} but item_emb has size "
+         f"{item_emb.shape[1]}")
+  for name, a in (("visited_indptr", visited_indptr),
+                  ("visited_indices", visited_indices)):
+    if a.ndim != 1 or a.dtype.kind not in "iu":
+      fail(f"{name} must be a 1-D integer array, got {a.dtype} with shape {a.shape}")
+  indptr = visited_indptr.astype(np.int64)
+  indices = visited_indices.astype(np.int64)
+  if len(indptr) != len(user_ids) + 1:
+    fail(f"visited_indptr has length {len(indptr)}, expected {len(user_ids) + 1} "
+         "(users + 1)")
+  if indptr[0] != 0 or (np.diff(indptr) < 0).any():
+    fail("visited_indptr must start at 0 and never decrease")
+  if indptr[-1] != len(indices):
+    fail(f"visited_indptr ends at {indptr[-1]} but visited_indices has "
+         f"{len(indices)} entries")
+  if len(indices) and (indices.min() < 0 or indices.max() >= len(item_ids)):
+    fail(f"visited_indices out of range [0, {len(item_ids)})")
+  return Embeddings(user_ids, embs["user_emb"], item_ids, embs["item_emb"],
+                    indptr, indices)
+
+
+def build_index(item_emb: np.ndarray, config: IndexConfig) -> faiss.Index:
+  """An inner-product faiss index over the item vectors [I, D]."""
+  num_items, dim = item_emb.shape
+  if config.kind == "flat":
+    index = faiss.IndexFlatIP(dim)
+  elif config.kind == "ivf":
+    nlist = config.ivf_nlist or default_ivf_nlist(num_items)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist,
+                               faiss.METRIC_INNER_PRODUCT)
+    index.train(item_emb)
+    index.nprobe = min(config.ivf_nprobe, nlist)
+  elif config.kind == "hnsw":
+    index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = config.hnsw_ef_construction
+    index.hnsw.efSearch = config.hnsw_ef_search
+  else:
+    raise errors.InputError(f"unknown index kind {config.kind!r} (flat, ivf, hnsw)")
+  index.add(item_emb)
+  return index
+
+
+def default_ivf_nlist(num_items: int) -> int:
+  """About 4*sqrt(I) lists, but at least 39 items per list for k-means."""
+  return max(1, min(round(4 * math.sqrt(num_items)), num_items // 39))
+
+
+@contextlib.contextmanager
+def _blas_search(enabled: bool = True):
+  """Keeps IndexFlat on sgemm even for small batches (it uses SIMD loops below
+  distance_compute_blas_threshold). Process-global while active."""
+  old = faiss.cvar.distance_compute_blas_threshold
+  if enabled:
+    faiss.cvar.distance_compute_blas_threshold = 0
+  try:
+    yield
+  finally:
+    faiss.cvar.distance_compute_blas_threshold = old
+
+
+def _simd_scores(user_BxD, item_emb, ids_BxK) -> np.ndarray:
+  """u.v for the given pairs with faiss's one-query SIMD dot product; -inf for id -1."""
+  user_BxD = np.ascontiguousarray(user_BxD, np.float32)
+  ids_BxK = np.ascontiguousarray(ids_BxK, np.int64)
+  scores_BxK = np.empty(ids_BxK.shape, np.float32)
+  faiss.fvec_inner_products_by_idx(
+      faiss.swig_ptr(scores_BxK), faiss.swig_ptr(user_BxD),
+      faiss.swig_ptr(item_emb), faiss.swig_ptr(ids_BxK), item_emb.shape[1],
+      ids_BxK.shape[0], ids_BxK.shape[1])
+  return scores_BxK
+
+
+def _single_query_scoring(index: faiss.Index, item_emb: np.ndarray) -> str:
+  """How a one-query `index.search` scores here: "simd" or "blas" (step 1 above).
+
+  Uses the current faiss thread count, as the one-user search it must match does.
+  """
+  k = min(16, len(item_emb))
+  queries = np.random.default_rng(0).standard_normal(
+      (4, item_emb.shape[1]), dtype=np.float32)
+  singles = [index.search(q[None], k) for q in queries]
+  scores = np.concatenate([s for s, _ in singles])
+  ids = np.concatenate([i for _, i in singles])
+  if np.array_equal(scores, _simd_scores(queries, item_emb, ids)):
+    return "simd"
+  with _blas_search():
+    blas_scores, blas_ids = index.search(queries, k)
+  if np.array_equal(scores, blas_scores) and np.array_equal(ids, blas_ids):
+    return "blas"
+  logging.warning("%s: cannot tell how faiss %s scores one query; near-tied items "
+                  "may be ordered unlike a one-user-at-a-time search",
+                  PROG, faiss.__version__)
+  return "simd"
+
+
+def _first_unvisited(ids_BxK, scores_BxK, visited_BxK, top_n):
+  """The first top_n unvisited candidates, ordered by score desc then id desc.
+
+  Returns (ids [B, N] with -1 fill, scores [B, N] with -inf fill, counts [B]).
+  """
+  order_BxK = np.lexsort((-ids_BxK, -scores_BxK), axis=-1)
+  ids_BxK = np.take_along_axis(ids_BxK, order_BxK, axis=1)
+  scores_BxK = np.take_along_axis(scores_BxK, order_BxK, axis=1)
+  keep_BxK = (ids_BxK >= 0) & ~np.take_along_axis(visited_BxK, order_BxK, axis=1)
+  keep_BxK &= np.cumsum(keep_BxK, axis=1) <= top_n
+  counts_B = keep_BxK.sum(axis=1)
+  # Kept columns first, in their order (a stable sort of the "dropped" flags).
+  cols_BxN = np.argsort(~keep_BxK, axis=1, kind="stable")[:, :top_n]
+  filled_BxN = np.arange(top_n) < counts_B[:, None]
+  ids_BxN = np.where(filled_BxN, np.take_along_axis(ids_BxK, cols_BxN, 1), -1)
+  scores_BxN = np.where(filled_BxN, np.take_along_axis(scores_BxK, cols_BxN, 1),
+                        np.float32(-np.inf))
+  return ids_BxN, scores_BxN, counts_B
+
+
+def _is_in(keys, sorted_keys):
+  """np.isin for a sorted, duplicate-free `sorted_keys` (no re-sorting)."""
+  if not sorted_keys.size:
+    return np.zeros(keys.shape, bool)
+  pos = np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.size - 1)
+  return sorted_keys[pos] == keys
+
+
+def _recall_batch(index, scoring, item_emb, user_BxD, error_B, indptr, indices,
+                  top_n):
+  """Top-n unvisited items for one batch of users; see "Exactness" above.
+
+  `scoring` is "simd" or "blas" for the exact index, "index" for an approximate
+  one (its own scores, one larger retry). `indptr` [B+1] and `indices` are the
+  batch's visits. Returns (items [B, N], scores [B, N], rows left short).
+  """
+  num_users, num_items = len(user_BxD), len(item_emb)
+  exact = scoring != "index"
+  visits_B = np.diff(indptr)
+  visited_keys = np.unique(np.repeat(np.arange(num_users), visits_B) * num_items
+                           + indices)
+  unvisited_B = num_items - np.bincount(visited_keys // num_items,
+                                        minlength=num_users)
+  ids_BxN = np.full((num_users, top_n), -1, np.int64)
+  scores_BxN = np.full((num_users, top_n), -np.inf, np.float32)
+  pending = np.arange(num_users)
+  k = first_k = min(num_items, top_n + int(visits_B.max(initial=0)) + MARGIN)
+  while pending.size:
+    with _blas_search(scoring == "blas"):
+      fast_BxK, cand_BxK = index.search(user_BxD[pending], k)
+    ref_BxK = (_simd_scores(user_BxD[pending], item_emb, cand_BxK)
+               if scoring == "simd" else fast_BxK)
+    keys_BxK = np.where(cand_BxK >= 0, pending[:, None] * num_items + cand_BxK, -1)
+    ids, scores, counts = _first_unvisited(
+        cand_BxK, ref_BxK, _is_in(keys_BxK, visited_keys), top_n)
+    if exact and k == num_items:  # Every item was scored.
+      done = np.ones(len(pending), bool)
+    elif exact:
+      last = scores[np.arange(len(pending)), np.maximum(counts - 1, 0)]
+      done = (counts == top_n) & (last > fast_BxK.min(axis=1) + error_B[pending])
+    else:
+      done = counts == np.minimum(top_n, unvisited_B[pending])
+    ids_BxN[pending[done]] = ids[done]
+    scores_BxN[pending[done]] = scores[done]
+    pending = pending[~done]
+    if not exact and (k > first_k or k == num_items):
+      break
+    k = min(num_items, (2 if exact else 4) * k)
+  return ids_BxN, scores_BxN, pending
+
+
+def _csr_rows(indptr, indices, rows):
+  """The CSR (indptr, indices) of the given rows only."""
+  counts = np.diff(indptr)[rows]
+  picked = [indices[indptr[r]:indptr[r + 1]] for r in rows]
+  return (np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+          np.concatenate(picked + [np.zeros(0, np.int64)]))
+
+
+def recall_top_n(user_emb: np.ndarray, item_emb: np.ndarray,
+                 visited_indptr: np.ndarray, visited_indices: np.ndarray,
+                 top_n: int, *, index: str | IndexConfig | faiss.Index = "flat",
+                 batch_size: int = 4096, log_every_s: float = 30.0):
+  """Each user's top_n items by u.v, skipping the items the user visited.
+
+  Args:
+    user_emb: [U, D] float32.
+    item_emb: [I, D] float32.
+    visited_indptr: [U + 1] CSR row pointers into visited_indices.
+    visited_indices: [nnz] indices into the item rows (repeats allowed).
+    top_n: items per user, 1 <= top_n <= I.
+    index: "flat" (exact: the design note's one-user lists), "ivf", "hnsw", an
+      IndexConfig, or a faiss index already holding item_emb (an IndexFlatIP is
+      searched exactly). Users an approximate index leaves short are searched
+      exactly.
+    batch_size: users per faiss search.
+    log_every_s: seconds between progress lines on stderr.
+
+  Returns:
+    (items [U, N] int64, scores [U, N] float32), best first; -1 and -inf fill
+    where fewer than top_n unvisited items exist.
+  """
+  user_emb = np.ascontiguousarray(user_emb, np.float32)
+  item_emb = np.ascontiguousarray(item_emb, np.float32)
+  visited_indptr = np.asarray(visited_indptr, np.int64)
+  visited_indices = np.asarray(visited_indices, np.int64)
+  num_users, num_items = len(user_emb), len(item_emb)
+  if not 1 <= top_n <= num_items:
+    raise errors.InputError(f"top_n={top_n} must be in [1, {num_items}] (the items)")
+  if batch_size < 1:
+    raise errors.InputError(f"batch_size={batch_size} must be positive")
+  start = time.perf_counter()
+  if isinstance(index, faiss.Index):
+    if (index.ntotal, index.d) != item_emb.shape:
+      raise errors.InputError(f"the faiss index holds {index.ntotal} x {index.d} "
+                              f"vectors, item_emb is {num_items} x {item_emb.shape[1]}")
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+      raise errors.InputError("the faiss index must use METRIC_INNER_PRODUCT")
+    faiss_index = index
+  else:
+    config = IndexConfig(kind=index) if isinstance(index, str) else index
+    faiss_index = build_index(item_emb, config)
+    if config.kind != "flat":
+      logging.info("%s: built %s index over %d items in %.1f s", PROG, config.kind,
+                   num_items, time.perf_counter() - start)
+  exact = isinstance(faiss_index, faiss.IndexFlatIP)
+  scoring = _single_query_scoring(faiss_index, item_emb) if exact else "index"
+  # Bound on |batched score - one-query score| per user (step 4 above).
+  max_item_norm = np.sqrt((item_emb.astype(np.float64) ** 2).sum(1).max())
+  user_norm_U = np.sqrt((user_emb.astype(np.float64) ** 2).sum(1))
+  error_U = ((item_emb.shape[1] + 2) * float(np.finfo(np.float32).eps)
+             * user_norm_U * max_item_norm)
+  if error_U.max(initial=0) > 1e30:
+    raise errors.InputError("embeddings too large: inner products overflow float32")
+  items_UxN = np.full((num_users, top_n), -1, np.int64)
+  scores_UxN = np.full((num_users, top_n), -np.inf, np.float32)
+  exact_index = None
+  last_log = start
+  for lo in range(0, num_users, batch_size):
+    hi = min(num_users, lo + batch_size)
+    users_BxD, error_B = user_emb[lo:hi], error_U[lo:hi]
+    indptr = visited_indptr[lo:hi + 1] - visited_indptr[lo]
+    indices = visited_indices[visited_indptr[lo]:visited_indptr[hi]]
+    items, scores, short = _recall_batch(faiss_index, scoring, item_emb, users_BxD,
+                                         error_B, indptr, indices, top_n)
+    if short.size:  # The approximate index ran dry for these users.
+      if exact_index is None:
+        exact_index = build_index(item_emb, IndexConfig())
+        exact_scoring = _single_query_scoring(exact_index, item_emb)
+      items[short], scores[short], _ = _recall_batch(
+          exact_index, exact_scoring, item_emb, users_BxD[short], error_B[short],
+          *_csr_rows(indptr, indices, short), top_n)
+    items_UxN[lo:hi], scores_UxN[lo:hi] = items, scores
+    now = time.perf_counter()
+    if now - last_log >= log_every_s and hi < num_users:
+      logging.info("%s: %d/%d users, %.0f users/s", PROG, hi, num_users,
+                   hi / (now - start))
+      last_log = now
+  elapsed = time.perf_counter() - start
+  logging.info("%s: %d users x %d items in %.1f s (%.0f users/s, %s search)", PROG,
+               num_users, num_items, elapsed, num_users / max(elapsed, 1e-9),
+               f"exact {scoring}" if exact else type(faiss_index).__name__)
+  return items_UxN, scores_UxN
+
+
+def write_recall(path: str, user_ids: np.ndarray, item_ids: np.ndarray,
+                 items_UxN: np.ndarray, scores_UxN: np.ndarray | None = None):
+  """Writes `user<TAB>item,...` (or `item:score,...`) lines, atomically."""
+  names = item_ids.tolist()
+  try:
+    with fileio.atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
+      for u, user in enumerate(user_ids.tolist()):
+        row = items_UxN[u][items_UxN[u] >= 0].tolist()
+        if scores_UxN is None:
+          line = ",".join([names[i] for i in row])
+        else:
+          line = ",".join([f"{names[i]}:{s:.9g}"
+                           for i, s in zip(row, scores_UxN[u].tolist())])
+        f.write(f"{user}\t{line}\n")
+  except OSError as e:
+    raise errors.InputError(f"cannot write {path}: {e.strerror or _one_line(e)}")
+
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Defined only when this module is the program, so importing it adds no flags."""
+  flags.DEFINE_string("embeddings", None, "Exported .npz with user/item vectors and visits.")
+  flags.DEFINE_integer("top_n", 50, "Items per user.")
+  flags.DEFINE_string("output", None, "TSV to write: user<TAB>item1,item2,...")
+  flags.DEFINE_enum("index", "flat", ["flat", "ivf", "hnsw"],
+                    "flat: exact IndexFlatIP; ivf, hnsw: approximate.")
+  flags.DEFINE_integer("ivf_nlist", None, "IVF lists; default about 4*sqrt(items).")
+  flags.DEFINE_integer("ivf_nprobe", IndexConfig.ivf_nprobe, "IVF lists searched per user.")
+  flags.DEFINE_integer("hnsw_m", IndexConfig.hnsw_m, "HNSW neighbours per node.")
+  flags.DEFINE_integer("hnsw_ef_search", IndexConfig.hnsw_ef_search, "HNSW search breadth.")
+  flags.DEFINE_integer("hnsw_ef_construction", IndexConfig.hnsw_ef_construction,
+                       "HNSW build breadth.")
+  flags.DEFINE_integer("batch_size", 4096, "Users per faiss search.")
+  flags.DEFINE_bool("with_scores", False, "Write item:score instead of item.")
+  flags.DEFINE_integer("num_shards", 1, "Split the users into this many contiguous shards.")
+  flags.DEFINE_integer("shard_index", 0, "Which shard this run handles, 0-based.")
+  flags.DEFINE_integer("num_threads", None, "faiss OpenMP threads; default faiss's.")
+
+
+def _check_flags():
+  positive = ["top_n", "batch_size", "num_shards", "ivf_nprobe", "hnsw_m",
+              "hnsw_ef_search", "hnsw_ef_construction"]
+  for name in positive + ["ivf_nlist", "num_threads"]:
+    value = FLAGS[name].value
+    if value is not None and value < 1:
+      raise errors.InputError(f"--{name}={value} must be positive")
+  if not 0 <= FLAGS.shard_index < FLAGS.num_shards:
+    raise errors.InputError(f"--shard_index={FLAGS.shard_index} must be in "
+                            f"[0, --num_shards={FLAGS.num_shards})")
+  for name in ("embeddings", "output"):
+    if not FLAGS[name].value:
+      raise errors.InputError(f"--{name} is required")
+  out_dir = os.path.dirname(os.path.abspath(FLAGS.output))
+  if not os.path.isdir(out_dir):
+    raise errors.InputError(f"--output={FLAGS.output}: directory {out_dir} does not exist")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  with errors.exit_on_input_error(PROG):
+    _check_flags()
+    if FLAGS.num_threads:
+      faiss.omp_set_num_threads(FLAGS.num_threads)
+    emb = load_embeddings(FLAGS.embeddings)
+    num_items = len(emb.item_ids)
+    if FLAGS.top_n > num_items:
+      raise errors.InputError(f"--top_n={FLAGS.top_n} is larger than the catalog of "
+                              f"{FLAGS.embeddings} ({num_items} items)")
+    if FLAGS.ivf_nlist is not None and FLAGS.ivf_nlist > num_items:
+      raise errors.InputError(f"--ivf_nlist={FLAGS.ivf_nlist} is larger than the "
+                              f"catalog of {FLAGS.embeddings} ({num_items} items)")
+    emb = emb.shard(FLAGS.num_shards, FLAGS.shard_index)
+    config = IndexConfig(FLAGS.index, FLAGS.ivf_nlist, FLAGS.ivf_nprobe, FLAGS.hnsw_m,
+                         FLAGS.hnsw_ef_search, FLAGS.hnsw_ef_construction)
+    items_UxN, scores_UxN = recall_top_n(
+        emb.user_emb, emb.item_emb, emb.visited_indptr, emb.visited_indices,
+        FLAGS.top_n, index=config, batch_size=FLAGS.batch_size)
+    write_recall(FLAGS.output, emb.user_ids, emb.item_ids, items_UxN,
+                 scores_UxN if FLAGS.with_scores else None)
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

@@ -394,6 +394,29 @@ def epoch_order(num_rows: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch, 0x5EED]).permutation(num_rows)
 
 
+def bucket_of(input_lengths_R: np.ndarray, bucket_lengths: tuple) -> np.ndarray:
+  """[R] index of the shortest of the ascending `bucket_lengths` that holds each row."""
+  return np.searchsorted(np.asarray(bucket_lengths), input_lengths_R, side="left")
+
+
+def epoch_batches(bucket_R: np.ndarray, num_buckets: int, batch_size: int, seed: int,
+                  epoch: int) -> list:
+  """Row indices of every batch of an epoch, a pure function of (seed, epoch).
+
+  Rows are shuffled; each batch takes rows of one length bucket, and the batches of
+  all buckets are shuffled together. With one bucket, batches are consecutive slices
+  of `epoch_order`. The number of batches is the same every epoch.
+  """
+  order = epoch_order(len(bucket_R), seed, epoch)
+  batches = []
+  for b in range(num_buckets):
+    members = order[bucket_R[order] == b] if num_buckets > 1 else order
+    batches += [members[i:i + batch_size] for i in range(0, len(members), batch_size)]
+  if num_buckets > 1:
+    batches = [batches[i] for i in np.random.default_rng([seed, epoch, 0xB0C]).permutation(len(batches))]
+  return batches
+
+
 def train_batch(split: Split, sampler: PopularitySampler, users: np.ndarray, batch_size: int,
                 seq_length: int, seed: int, epoch: int, step: int) -> dict:
   """One batch exactly as SPEC section 1, padded to `batch_size` rows with masked rows.

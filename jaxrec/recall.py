@@ -16,6 +16,7 @@ candidates per user, N = top_n.
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import os
 import time
@@ -45,7 +46,7 @@ MARGIN = 16
 # query with sgemm when it splits >= 10k items over several threads. So:
 #   1. `_single_query_scoring` asks faiss which of the two a one-user search uses
 #      here (rather than copying faiss's internal rule).
-#   2. Candidates come from a batched search, K = top_n + most visited + MARGIN.
+#   2. Candidates come from a batched search, K = top_n + visits + MARGIN.
 #   3. They are rescored with that arithmetic (SIMD: `fvec_inner_products_by_idx`;
 #      sgemm: the batched search itself, kept on its BLAS path) and ordered as
 #      faiss orders its results: score descending, then item index descending.
@@ -288,8 +289,8 @@ def _recall_batch(index, scoring, item_emb, user_BxD, error_B, indptr, indices,
   """Top-n unvisited items for one batch of users; see "Exactness" above.
 
   `scoring` is "simd" or "blas" for the exact index, "index" for an approximate
-  one (its own scores, one larger retry). `indptr` [B+1] and `indices` are the
-  batch's visits. Returns (items [B, N], scores [B, N], rows left short).
+  one (its own scores, one retry with a larger K). `indptr` [B+1] and `indices`
+  are the batch's visits. Returns (items [B, N], scores [B, N], rows left short).
   """
   num_users, num_items = len(user_BxD), len(item_emb)
   exact = scoring != "index"
@@ -301,8 +302,11 @@ def _recall_batch(index, scoring, item_emb, user_BxD, error_B, indptr, indices,
   ids_BxN = np.full((num_users, top_n), -1, np.int64)
   scores_BxN = np.full((num_users, top_n), -np.inf, np.float32)
   pending = np.arange(num_users)
-  k = first_k = min(num_items, top_n + int(visits_B.max(initial=0)) + MARGIN)
-  while pending.size:
+  # Enough candidates for top_n after filtering, barring ties at the boundary.
+  # The 1% heaviest visitors get a second search rather than a huge K for all.
+  need_B = top_n + visits_B + MARGIN
+  k = min(num_items, int(np.ceil(np.quantile(need_B, 0.99))))
+  for search in itertools.count():
     with _blas_search(scoring == "blas"):
       fast_BxK, cand_BxK = index.search(user_BxD[pending], k)
     ref_BxK = (_simd_scores(user_BxD[pending], item_emb, cand_BxK)
@@ -320,9 +324,9 @@ def _recall_batch(index, scoring, item_emb, user_BxD, error_B, indptr, indices,
     ids_BxN[pending[done]] = ids[done]
     scores_BxN[pending[done]] = scores[done]
     pending = pending[~done]
-    if not exact and (k > first_k or k == num_items):
+    if not pending.size or (not exact and (search == 1 or k == num_items)):
       break
-    k = min(num_items, (2 if exact else 4) * k)
+    k = min(num_items, max(2 * k, int(need_B[pending].max())))
   return ids_BxN, scores_BxN, pending
 
 

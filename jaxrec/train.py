@@ -51,6 +51,7 @@ class TrainConfig:
   eval_ks: tuple = (10, 20, 50)
   eval_batch_size: int = 1024
   patience: int = 0  # evaluations without improvement before stopping; 0: never stop early
+  bucket_lengths: tuple = ()  # padded lengths shorter than seq_length to batch short users at
 
 
 @flax.struct.dataclass
@@ -125,7 +126,16 @@ class Trainer:
     self.train_users = split.train_users
     if len(self.train_users) == 0:
       raise TrainingError("no user has 2 or more training clicks: nothing to train on")
-    self.steps_per_epoch = -(-len(self.train_users) // config.batch_size)
+    # Rows are grouped by input length into buckets, each run at its own padded length
+    # (exact: outputs at real positions do not depend on padding).
+    self.bucket_lengths = tuple(sorted({b for b in config.bucket_lengths if b < config.model.seq_length}
+                                       | {config.model.seq_length}))
+    input_lengths = np.minimum(split.train_end[self.train_users] - split.log.indptr[self.train_users] - 1,
+                               config.model.seq_length)
+    self.bucket_R = data.bucket_of(input_lengths, self.bucket_lengths)
+    counts = np.bincount(self.bucket_R, minlength=len(self.bucket_lengths))
+    self.steps_per_epoch = int(sum(-(-c // config.batch_size) for c in counts))
+    self._epoch_batches = (None, None)
     self.total_steps = self.steps_per_epoch * config.num_epochs
     self.rows = padded_batch_size(config.batch_size, jax.device_count())
     self.sampler = data.PopularitySampler(split.item_counts())
@@ -155,18 +165,16 @@ class Trainer:
     console.info("resuming from %s at step %d", self.latest.directory, step)
     return checkpoints.restore(self.latest, step, self.abstract_state())
 
-  def batch(self, epoch: int, index: int) -> dict:
-    order = _epoch_order(len(self.train_users), self.config.seed, epoch)
-    b = self.config.batch_size
-    users = self.train_users[order[index * b:(index + 1) * b]]
-    host = data.train_batch(self.split, self.sampler, users, self.rows, self.config.model.seq_length,
+  def batch(self, epoch: int, index: int) -> tuple[dict, int]:
+    """(global batch, real rows) of step `index` of `epoch`."""
+    if self._epoch_batches[0] != epoch:
+      self._epoch_batches = (epoch, data.epoch_batches(self.bucket_R, len(self.bucket_lengths),
+                                                       self.config.batch_size, self.config.seed, epoch))
+    rows = self._epoch_batches[1][index]
+    length = self.bucket_lengths[self.bucket_R[rows[0]]]
+    host = data.train_batch(self.split, self.sampler, self.train_users[rows], self.rows, length,
                             self.config.seed, epoch, index)
-    return to_global(host, self.batch_sharding)
-
-
-@functools.lru_cache(maxsize=2)
-def _epoch_order(num_rows: int, seed: int, epoch: int) -> np.ndarray:
-  return data.epoch_order(num_rows, seed, epoch)
+    return to_global(host, self.batch_sharding), len(rows)
 
 
 class _StopSignal:
@@ -310,13 +318,13 @@ def _train_loop(trainer: Trainer, state, step: int, log: MetricsLog, progress, s
 
   while step < trainer.total_steps and not progress.stopped:
     epoch, index = divmod(step, trainer.steps_per_epoch)
-    batch = trainer.batch(epoch, index)
+    batch, rows = trainer.batch(epoch, index)
     state, metrics = trainer.train_step(state, batch)
     step += 1
     if pending is not None:
       settle()
     pending = (step, metrics)
-    interval_rows += min(config.batch_size, len(trainer.train_users) - index * config.batch_size)
+    interval_rows += rows
     interval_steps += 1
     end_of_epoch = index == trainer.steps_per_epoch - 1
     save = step % config.checkpoint_every_steps == 0 or end_of_epoch or stop.signum

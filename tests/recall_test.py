@@ -98,8 +98,8 @@ def _lists(items_UxN):
         (1, 300, 2000, 37, 30, 50, 2, "normal"),
         (2, 300, 3000, 64, 30, 50, 1, "near_ties"),
         # >= 10k items on 2 threads: faiss scores one query with sgemm there.
-        (3, 100, 10240, 32, 30, 50, 2, "normal"),
-        (4, 100, 10240, 32, 30, 50, 2, "near_ties"),
+        (3, 60, 10240, 32, 30, 50, 2, "normal"),
+        (4, 60, 10240, 32, 30, 50, 2, "near_ties"),
         # Small catalog: k is capped at the number of items.
         (5, 200, 60, 8, 40, 20, 1, "normal"),
         # Many (repeated) visits; some users have fewer than top_n unvisited items.
@@ -117,6 +117,32 @@ def test_exact_matches_note_loop(faiss_threads, seed, num_users, num_items, dim,
   assert items.shape == scores.shape == (num_users, top_n)
   assert (np.diff(scores, axis=1) <= 0).all()
   assert (np.isneginf(scores) == (items < 0)).all()
+
+
+def test_exact_heavy_visitor_matches_note_loop():
+  # One user visits far more than the rest: K is sized for the others first.
+  arrays = make_arrays(8, 150, 2000, 16, 5)
+  heavy = np.random.default_rng(0).integers(0, 2000, 900)
+  lo, hi = arrays["visited_indptr"][3:5]
+  arrays["visited_indices"] = np.concatenate(
+      [arrays["visited_indices"][:lo], heavy, arrays["visited_indices"][hi:]])
+  arrays["visited_indptr"][4:] += len(heavy) - (hi - lo)
+  expected = note_loop(arrays["user_emb"], arrays["item_emb"],
+                       arrays["visited_indptr"], arrays["visited_indices"], 30)
+  items, _ = _recall(arrays, 30)
+  assert _lists(items) == expected
+
+
+def test_prebuilt_index():
+  arrays = make_arrays(0, 50, 1000, 16, 5, kind="clustered")
+  exact, _ = _recall(arrays, 10)
+  flat = faiss.IndexFlatIP(16)
+  flat.add(arrays["item_emb"])
+  np.testing.assert_array_equal(_recall(arrays, 10, index=flat)[0], exact)
+  hnsw = recall.build_index(arrays["item_emb"], recall.IndexConfig("hnsw"))
+  assert (_recall(arrays, 10, index=hnsw)[0] >= 0).all()
+  with pytest.raises(errors.InputError, match="holds 0 x 16"):
+    _recall(arrays, 10, index=faiss.IndexFlatIP(16))
 
 
 def test_exact_scores_are_inner_products():

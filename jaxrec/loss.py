@@ -16,20 +16,53 @@ def lbm_logits(seq_out_BxLxD, ids_emb_BxLxD, hot_weight_BxL) -> jnp.ndarray:
 
 
 def in_batch_softmax_loss(seq_out_BxLxD, ids_emb_BxLxD, hot_weight_BxL, padding_mask_BxL,
-                          row_mask_B=None) -> jnp.ndarray:
+                          row_mask_B=None, label_BxL=None, remove_accidental_hits=False,
+                          extra_emb_NxD=None, extra_ids_N=None, extra_log_q_N=None) -> jnp.ndarray:
   """Mean over real (row, position) slots of -log softmax(logits)[own label].
 
   `padding_mask_BxL` is 1 where the row has a real input item: only those slots count.
   Padded slots still serve as negatives of the other rows. `row_mask_B` (optional) is
   0 for rows that only pad the batch to a device multiple: they are neither counted
   nor candidates, so the loss equals that of the unpadded batch.
+
+  Extensions (off by default, which is exactly SPEC section 5):
+  - `remove_accidental_hits` (needs `label_BxL` and `extra_ids_N` if extras are given):
+    a candidate whose item equals the row's own label at that position is dropped;
+  - `extra_emb_NxD`/`extra_ids_N`/`extra_log_q_N`: N sampled items shared by the whole
+    batch, appended as candidates with their own logQ term (mixed negative sampling).
   """
   logits_LxBxM = lbm_logits(seq_out_BxLxD, ids_emb_BxLxD, hot_weight_BxL)
   mask_LxB = jnp.transpose(padding_mask_BxL)
+  keep_LxBxM = jnp.ones(logits_LxBxM.shape, bool)
   if row_mask_B is not None:
-    logits_LxBxM = jnp.where(row_mask_B[None, None, :] > 0, logits_LxBxM, _EXCLUDED)
+    keep_LxBxM = keep_LxBxM & (row_mask_B[None, None, :] > 0)
     mask_LxB = mask_LxB * row_mask_B[None, :]
+  if remove_accidental_hits:
+    label_LxB = jnp.transpose(label_BxL)
+    same_LxBxM = label_LxB[:, :, None] == label_LxB[:, None, :]
+    keep_LxBxM = keep_LxBxM & (~same_LxBxM | jnp.eye(label_LxB.shape[1], dtype=bool)[None])
+  logits_LxBxM = jnp.where(keep_LxBxM, logits_LxBxM, _EXCLUDED)
   pos_LxB = jnp.diagonal(logits_LxBxM, axis1=1, axis2=2)
+  if extra_emb_NxD is not None:
+    extra_LxBxN = jnp.einsum("bld,nd->lbn", seq_out_BxLxD, extra_emb_NxD) - extra_log_q_N[None, None, :]
+    if remove_accidental_hits:
+      hit_LxBxN = jnp.transpose(label_BxL)[:, :, None] == extra_ids_N[None, None, :]
+      extra_LxBxN = jnp.where(hit_LxBxN, _EXCLUDED, extra_LxBxN)
+    logits_LxBxM = jnp.concatenate([logits_LxBxM, extra_LxBxN], axis=-1)
   lse_LxB = jax.nn.logsumexp(logits_LxBxM, axis=-1)
   total = jnp.sum(jnp.where(mask_LxB > 0, lse_LxB - pos_LxB, 0.0))
   return total / jnp.maximum(jnp.sum(mask_LxB), 1.0)
+
+
+def full_softmax_loss(seq_out_BxLxD, table_IxD, label_BxL, padding_mask_BxL, row_mask_B=None) -> jnp.ndarray:
+  """Mean over real slots of -log softmax over the whole catalog (item 0 excluded) [own label].
+
+  Exact cross-entropy, no sampling and no logQ; costs B*L*I*D per step, so only for
+  catalogs that fit.
+  """
+  logits_BxLxI = jnp.einsum("bld,id->bli", seq_out_BxLxD, table_IxD)
+  logits_BxLxI = logits_BxLxI.at[..., 0].set(_EXCLUDED)
+  pos_BxL = jnp.take_along_axis(logits_BxLxI, label_BxL[..., None], axis=-1)[..., 0]
+  mask_BxL = padding_mask_BxL if row_mask_B is None else padding_mask_BxL * row_mask_B[:, None]
+  nll_BxL = jax.nn.logsumexp(logits_BxLxI, axis=-1) - pos_BxL
+  return jnp.sum(jnp.where(mask_BxL > 0, nll_BxL, 0.0)) / jnp.maximum(jnp.sum(mask_BxL), 1.0)

@@ -9,13 +9,13 @@ the library. Bad flags or input exit with status 2 and one line on stderr.
 """
 
 import json
-import math
 import os
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+import numpy as np
 
 from jaxrec import console
 from jaxrec import data
@@ -54,6 +54,13 @@ flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"], "Schedule a
 flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps.")
 flags.DEFINE_float("weight_decay", 0.0, "AdamW decoupled weight decay.")
 flags.DEFINE_float("grad_clip_norm", 0.0, "Clip gradients to this global norm; 0: no clipping.")
+flags.DEFINE_enum("loss", "inbatch", ["inbatch", "mixed", "full"],
+                  "inbatch: in-batch softmax with logQ (SPEC); mixed: plus --num_negatives sampled items "
+                  "shared by the batch; full: softmax over the whole catalog.")
+flags.DEFINE_bool("remove_accidental_hits", False, "Drop candidates equal to the row's own label.")
+flags.DEFINE_integer("num_negatives", 256, "--loss=mixed: sampled items per step.")
+flags.DEFINE_enum("negative_distribution", "uniform", ["uniform", "popularity"],
+                  "--loss=mixed: how the extra items are drawn.")
 flags.DEFINE_list("bucket_lengths", [],
                   "Shorter padded lengths, e.g. 8,16,32: users are batched with others of similar "
                   "length and run at the shortest that holds them (exact, much faster on short logs).")
@@ -81,7 +88,8 @@ FLAGS = flags.FLAGS
 
 _POSITIVE = ("seq_length", "hidden_size", "num_attention_heads", "num_hidden_layers", "batch_size",
              "num_epochs", "checkpoint_every_steps", "max_to_keep", "log_every_steps", "eval_batch_size",
-             "synthetic_users", "synthetic_items", "num_processes")
+             "synthetic_users", "synthetic_items", "num_processes", "num_negatives")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)  # the step casts the learning rate to float32
 _NON_NEGATIVE = ("feed_forward_size", "warmup_steps", "weight_decay", "grad_clip_norm",
                  "eval_every_epochs", "patience")
 
@@ -94,8 +102,8 @@ def check_flags() -> None:
   for name in _NON_NEGATIVE:
     if FLAGS[name].value < 0:
       raise InputError(f"--{name}={FLAGS[name].value}: must not be negative")
-  if not 0 < FLAGS.learning_rate < math.inf:
-    raise InputError(f"--learning_rate={FLAGS.learning_rate}: must be positive and finite")
+  if not 0 < FLAGS.learning_rate <= _FLOAT32_MAX:
+    raise InputError(f"--learning_rate={FLAGS.learning_rate}: must be positive and finite in float32")
   for name in ("dropout_rate", "attention_dropout_rate"):
     if not 0 <= FLAGS[name].value < 1:
       raise InputError(f"--{name}={FLAGS[name].value}: must be in [0, 1)")
@@ -139,7 +147,7 @@ def model_config(num_items: int):
 
 
 def train_config(num_items: int):
-  from jaxrec.train import TrainConfig
+  from jaxrec.train import LossConfig, TrainConfig
   return TrainConfig(model=model_config(num_items), batch_size=FLAGS.batch_size,
                      num_epochs=FLAGS.num_epochs, learning_rate=FLAGS.learning_rate,
                      lr_schedule=FLAGS.lr_schedule, warmup_steps=FLAGS.warmup_steps,
@@ -149,7 +157,9 @@ def train_config(num_items: int):
                      eval_every_epochs=FLAGS.eval_every_epochs,
                      eval_ks=tuple(int(k) for k in FLAGS.eval_ks),
                      eval_batch_size=FLAGS.eval_batch_size, patience=FLAGS.patience,
-                     bucket_lengths=bucket_lengths())
+                     bucket_lengths=bucket_lengths(),
+                     loss=LossConfig(FLAGS.loss, FLAGS.remove_accidental_hits, FLAGS.num_negatives,
+                                     FLAGS.negative_distribution))
 
 
 def bucket_lengths() -> tuple:

@@ -27,8 +27,17 @@ from jaxrec import data
 from jaxrec import evaluate
 from jaxrec import masks
 from jaxrec.errors import TrainingError
-from jaxrec.loss import in_batch_softmax_loss
+from jaxrec.loss import full_softmax_loss, in_batch_softmax_loss
 from jaxrec.model import ModelConfig, Seq2Seq, init_params
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """Which softmax the model is trained with (the SPEC's is the default)."""
+  kind: str = "inbatch"  # inbatch (SPEC section 5) | mixed (inbatch + shared sampled items) | full
+  remove_accidental_hits: bool = False  # drop candidates equal to the row's own label
+  num_negatives: int = 0  # mixed: items sampled per step, shared by the whole batch
+  negative_distribution: str = "uniform"  # mixed: uniform | popularity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +61,7 @@ class TrainConfig:
   eval_batch_size: int = 1024
   patience: int = 0  # evaluations without improvement before stopping; 0: never stop early
   bucket_lengths: tuple = ()  # padded lengths shorter than seq_length to batch short users at
+  loss: LossConfig = LossConfig()
 
 
 @flax.struct.dataclass
@@ -78,22 +88,51 @@ def make_optimizer(config: TrainConfig, total_steps: int):
   return adam, lr
 
 
-def loss_fn(params, model: Seq2Seq, batch: dict, dropout_rng=None):
-  seq_out, ids_emb = model.apply({"params": params}, batch["input_ids"], batch["label"],
-                                 deterministic=dropout_rng is None,
-                                 rngs=None if dropout_rng is None else {"dropout": dropout_rng})
-  return in_batch_softmax_loss(seq_out, ids_emb, batch["hot_weight"],
-                               masks.padding_mask(batch["input_ids"]), batch["row_mask"])
+def loss_fn(params, model: Seq2Seq, batch: dict, item_log_q_I, dropout_rng=None, sample_rng=None,
+            loss: LossConfig = LossConfig()):
+  """The training loss of `batch`; `item_log_q_I` is log(count/total) of every item."""
+  variables = {"params": params}
+  seq_out = model.apply(variables, batch["input_ids"], deterministic=dropout_rng is None,
+                        rngs=None if dropout_rng is None else {"dropout": dropout_rng},
+                        method=Seq2Seq.encode)
+  table = model.apply(variables, method=Seq2Seq.output_table)
+  padding = masks.padding_mask(batch["input_ids"])
+  if loss.kind == "full":
+    return full_softmax_loss(seq_out, table, batch["label"], padding, batch["row_mask"])
+  ids_emb = jnp.take(table, batch["label"], axis=0)
+  extra = {}
+  if loss.kind == "mixed":
+    # Each source is corrected by the log of its expected count of the item: B * p(item)
+    # for the in-batch labels, N * q(item) for the N shared samples.
+    num_items, n = table.shape[0], loss.num_negatives
+    if loss.negative_distribution == "popularity":
+      cdf = jnp.cumsum(jnp.exp(item_log_q_I))
+      ids = jnp.searchsorted(cdf, jax.random.uniform(sample_rng, (n,)) * cdf[-1], side="right")
+      ids = jnp.clip(ids, 1, num_items - 1)
+      log_q = item_log_q_I[ids]
+    else:
+      ids = jax.random.randint(sample_rng, (n,), 1, num_items)
+      log_q = jnp.full((n,), -jnp.log(num_items - 1.0))
+    extra = {"extra_emb_NxD": jnp.take(table, ids, axis=0), "extra_ids_N": ids,
+             "extra_log_q_N": log_q + jnp.log(float(n))}
+    hot_weight = batch["hot_weight"] + jnp.log(jnp.float32(batch["label"].shape[0]))
+  else:
+    hot_weight = batch["hot_weight"]
+  return in_batch_softmax_loss(seq_out, ids_emb, hot_weight, padding, batch["row_mask"], batch["label"],
+                               loss.remove_accidental_hits, **extra)
 
 
-def train_step(state: TrainState, batch: dict, *, model: Seq2Seq, tx) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict, item_log_q_I, *, model: Seq2Seq, tx,
+               loss: LossConfig = LossConfig()) -> tuple[TrainState, dict]:
   """One Adam step on the global batch; the dropout key is fold_in(rng, step)."""
-  dropout_rng = jax.random.fold_in(state.rng, state.step)
-  loss, grads = jax.value_and_grad(loss_fn)(state.params, model, batch, dropout_rng)
+  step_rng = jax.random.fold_in(state.rng, state.step)
+  dropout_rng, sample_rng = jax.random.split(step_rng)
+  loss_value, grads = jax.value_and_grad(loss_fn)(state.params, model, batch, item_log_q_I, dropout_rng,
+                                                  sample_rng, loss)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-  return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+  return new_state, {"loss": loss_value, "grad_norm": optax.tree.norm(grads)}
 
 
 def data_mesh() -> Mesh:
@@ -140,9 +179,13 @@ class Trainer:
     self.rows = padded_batch_size(config.batch_size, jax.device_count())
     self.sampler = data.PopularitySampler(split.item_counts())
     self.tx, self.lr = make_optimizer(config, self.total_steps)
-    step = functools.partial(train_step, model=self.model, tx=self.tx)
-    self.train_step = jax.jit(step, in_shardings=(self.replicated, self.batch_sharding),
-                              out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+    step = functools.partial(train_step, model=self.model, tx=self.tx, loss=config.loss)
+    jitted = jax.jit(step, in_shardings=(self.replicated, self.batch_sharding, self.replicated),
+                     out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+    # log(count/total) per item; items never clicked in training get a finite floor.
+    self.item_log_q = jax.device_put(np.maximum(self.sampler.log_q, -1e4), self.replicated)
+    self.jitted_step = jitted  # (state, batch, item_log_q) -> (state, metrics)
+    self.train_step = lambda state, batch: jitted(state, batch, self.item_log_q)
     self.latest = checkpoints.manager(workdir, checkpoints.LATEST, config.checkpoint_every_steps,
                                       config.max_to_keep)
     self.best = checkpoints.manager(workdir, checkpoints.BEST, 1, 1)
@@ -207,11 +250,16 @@ class Preempted(Exception):
     self.exit_code = 128 + signum
 
 
-def _check_finite(metrics_host: dict, step: int) -> None:
+def _check_finite(metrics_host: dict, step: int, params=None) -> None:
+  """Stops training on a non-finite loss or gradient norm, or on non-finite `params` (checked before saving)."""
   for name in ("loss", "grad_norm"):
     if not math.isfinite(metrics_host[name]):
       raise TrainingError(f"{name} is {metrics_host[name]} at step {step}: training stopped; the last "
                           "checkpoint before it is intact (try a lower --learning_rate or --grad_clip_norm)")
+  if params is not None and not all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(params)):
+    raise TrainingError(f"parameters are not finite after step {step}: training stopped without saving "
+                        "them; the last checkpoint before it is intact (try a lower --learning_rate or "
+                        "--grad_clip_norm)")
 
 
 class MetricsLog:
@@ -307,6 +355,8 @@ def _train_loop(trainer: Trainer, state, step: int, log: MetricsLog, progress, s
   interval_start, interval_rows, interval_steps = time.perf_counter(), 0, 0
   epoch_loss, epoch_steps = 0.0, 0
   pending = None  # (step, metrics) not yet read: read after the next step is dispatched
+  # Fault injection for tests/crash_test.py: the parameters turn NaN after this step.
+  nan_at_step = int(os.environ.get("JAXREC_TEST_NAN_AT_STEP", "-1"))
 
   def settle():
     """Reads the pending step's metrics (stopping on non-finite ones) and accounts its loss."""
@@ -321,13 +371,16 @@ def _train_loop(trainer: Trainer, state, step: int, log: MetricsLog, progress, s
     batch, rows = trainer.batch(epoch, index)
     state, metrics = trainer.train_step(state, batch)
     step += 1
+    if step == nan_at_step:
+      state = state.replace(params=jax.tree.map(lambda x: x * jnp.nan, state.params))
     if pending is not None:
       settle()
     pending = (step, metrics)
     interval_rows += rows
     interval_steps += 1
     end_of_epoch = index == trainer.steps_per_epoch - 1
-    save = step % config.checkpoint_every_steps == 0 or end_of_epoch or stop.signum
+    signum = stop.signum  # read once: a signal arriving after this is handled at the next step
+    save = step % config.checkpoint_every_steps == 0 or end_of_epoch or signum
     if step % config.log_every_steps == 0 or save:
       host = settle()  # also guarantees that the state about to be saved is finite
       elapsed = time.perf_counter() - interval_start
@@ -339,10 +392,11 @@ def _train_loop(trainer: Trainer, state, step: int, log: MetricsLog, progress, s
                          "sequences_per_s": speed, "grad_norm": host["grad_norm"]}, "train/")
       interval_start, interval_rows, interval_steps = time.perf_counter(), 0, 0
     if save:
+      _check_finite(host, step, state.params)
       checkpoints.save(trainer.latest, step, state, force=True)
-    if stop.signum:
+    if signum:
       trainer.latest.wait_until_finished()
-      raise Preempted(stop.signum, step)
+      raise Preempted(signum, step)
     if end_of_epoch:
       log.record({"split": "train", "epoch": epoch + 1, "step": step,
                   "loss": epoch_loss / max(epoch_steps, 1), "steps": epoch_steps}, "train/epoch_")

@@ -1,0 +1,513 @@
+"""Training throughput: the real data at SPEC sizes, synthetic sweeps, FLOP/s against the ceiling.
+
+  python -m benchmarks.train_bench --data_path=../shared/data/beauty_s3rec.txt
+  python -m benchmarks.train_bench --quick  # tiny sizes, a smoke test (about a minute)
+
+Every measurement runs in its own process (its own compile cache and peak RSS); the
+child prints one JSON line and the parent collects them. The ceilings (XLA float32
+matmul, numpy copy) are measured in the same run. Steps are driven with
+`Trainer.batch` and `Trainer.train_step`, exactly as the training loop does, with
+evaluation and checkpoints off. Run on a quiet machine: XLA's intra-op threads slow
+down sharply when another process keeps a core busy.
+"""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from benchmarks import common
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_PLOT = os.path.join(REPO, "benchmarks", "train_throughput.png")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("data_path", "../shared/data/beauty_s3rec.txt", "Real click log (one user per line).")
+flags.DEFINE_bool("quick", False, "Tiny sizes and few steps: a smoke test, not a benchmark.")
+flags.DEFINE_string("markdown_out", None, "File whose `train` section gets the tables; '' writes none. "
+                    "Default: BENCHMARKS.md, or none with --quick.")
+flags.DEFINE_string("plot_out", None, "PNG of the sweeps; '' draws none. Default: "
+                    "benchmarks/train_throughput.png, or none with --quick.")
+flags.DEFINE_string("worker_job", None, "Internal: run one measurement (JSON) in this process.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+  """Everything that --quick shrinks."""
+  batch_size: int = 198
+  seq_length: int = 70
+  hidden_size: int = 64
+  num_heads: int = 2
+  num_layers: int = 2
+  feed_forward_size: int = 256
+  bucket_lengths: tuple = (8, 16, 32)
+  real_users: int = 0  # 0: every user of the real log
+  batch_sweep: tuple = (64, 198, 512)
+  seq_sweep: tuple = (20, 70, 140)
+  catalog_sweep: tuple = (10_000, 100_000, 1_000_000)
+  sweep_users: int = 20_000
+  sweep_items: int = 12_000  # catalog of the batch and length sweeps
+  warmup_steps: int = 3  # sweeps: steps before the clock starts (the first compiles)
+  timed_steps: int = 20
+  optimizer_repeats: int = 10
+  matmul_n: int = 2048
+  copy_bytes: int = 1 << 28
+
+
+FULL = Sizes()
+# Compilation dominates at these sizes: few configurations, few distinct shapes.
+QUICK = Sizes(batch_size=32, seq_length=16, hidden_size=16, feed_forward_size=32, bucket_lengths=(8,),
+              real_users=300, batch_sweep=(32,), seq_sweep=(16,), catalog_sweep=(500, 5_000),
+              sweep_users=300, sweep_items=500, warmup_steps=1, timed_steps=3, optimizer_repeats=2,
+              matmul_n=256, copy_bytes=1 << 22)
+
+
+# ----------------------------------------------------------------------------- analytic work
+
+
+def matmul_flops(lengths_R, rows: int, length: int, hidden: int, layers: int, feed_forward: int,
+                 useful: bool) -> float:
+  """Forward matmul FLOPs of one step: all of it, or only the part on real tokens.
+
+  A step has B = `rows` rows (batch-padding rows included) at padded length L; row r
+  has n_r real inputs (`lengths_R`, padding rows absent: n_r = 0), T = sum_r n_r.
+  Per layer, with D hidden and F feed-forward sizes:
+    dense + feed-forward:  2 (4 D^2 + 2 D F) per token   (q, k, v, output; D->F->D)
+    attention:             4 D per (query, key) pair     (q k^T and probs v, all heads)
+  and once per step, the lbm logits: 2 B D per token (its output against B labels).
+  Computed: tokens = B L, pairs = B L^2. Useful: tokens = T, pairs = sum_r n_r^2.
+  The backward pass is about twice the forward for every part, so the useful share
+  useful / computed = (a T + b sum n_r^2 + c T) / (a B L + b B L^2 + c B L)
+  holds for forward + backward too (a = 2 (4 D^2 + 2 D F) layers, b = 4 D layers, c = 2 B D).
+  """
+  n_R = np.asarray(lengths_R, np.float64)
+  tokens = n_R.sum() if useful else rows * length
+  pairs = (n_R**2).sum() if useful else rows * length**2
+  dense = 2 * (4 * hidden**2 + 2 * hidden * feed_forward) * layers
+  return dense * tokens + 4 * hidden * layers * pairs + 2 * rows * hidden * tokens
+
+
+# ----------------------------------------------------------------------------- child side
+
+
+class CompileCounter:
+  """Counts XLA backend compilations (and their seconds) through jax.monitoring."""
+
+  EVENT = "/jax/core/compile/backend_compile_duration"
+
+  def __init__(self):
+    import jax
+    self.count, self.seconds = 0, 0.0
+    jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+  def _on_event(self, name, duration_secs, **kwargs):
+    del kwargs
+    if name == self.EVENT:
+      self.count += 1
+      self.seconds += duration_secs
+
+
+def _first_users(log, num_users: int):
+  """The log restricted to its first `num_users` users (the item vocabulary is kept)."""
+  from jaxrec import data
+  n = min(num_users, log.num_users)
+  return data.ClickLog(log.user_ids[:n], log.item_ids, log.indptr[:n + 1], log.items[:log.indptr[n]])
+
+
+def _trainer(job, log, workdir):
+  from jaxrec import data
+  from jaxrec.model import ModelConfig
+  from jaxrec.train import Trainer, TrainConfig
+  model = ModelConfig(num_items=log.num_items, seq_length=job["seq_length"], hidden_size=job["hidden_size"],
+                      num_attention_heads=job["num_heads"], num_hidden_layers=job["num_layers"],
+                      feed_forward_size=job.get("feed_forward_size", 0))
+  config = TrainConfig(model=model, batch_size=job["batch_size"], num_epochs=3, eval_every_epochs=0,
+                       checkpoint_every_steps=10**9, log_every_steps=10**9,
+                       bucket_lengths=tuple(job.get("bucket_lengths", ())))
+  return Trainer(config, data.leave_one_out(log), workdir)
+
+
+def _close(trainer):
+  trainer.latest.close()
+  trainer.best.close()
+
+
+def _jitted_step(trainer):
+  """(the jitted step, its arguments after (state, batch)); `train_step` may wrap the jitted one."""
+  if hasattr(trainer.train_step, "lower"):
+    return trainer.train_step, ()
+  return trainer.jitted_step, (trainer.item_log_q,)
+
+
+def _step_flops(trainer, state, batch) -> float:
+  """XLA's FLOP count of one compiled train step (fwd + bwd + optimizer)."""
+  jitted, extra = _jitted_step(trainer)
+  cost = jitted.lower(state, batch, *extra).compile().cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost["flops"])
+
+
+def _real_job(job, compiles) -> dict:
+  """Three epochs on the real data: compile + warm-up, timed with host batching, timed prebuilt."""
+  import jax
+  from jaxrec import data
+  if job["data_path"]:
+    log = data.read_click_log(job["data_path"])
+  else:
+    log = data.synthetic_click_log(job["synthetic_users"], job["synthetic_items"], seed=0)
+  if job["users"]:
+    log = _first_users(log, job["users"])
+  with tempfile.TemporaryDirectory() as workdir:
+    trainer = _trainer(job, log, workdir)
+    steps = trainer.steps_per_epoch
+    state = trainer.init_state()
+
+    epoch0_start = time.perf_counter()
+    for index in range(steps):
+      batch, _ = trainer.batch(0, index)
+      state, metrics = trainer.train_step(state, batch)
+      if index == 0:
+        jax.block_until_ready((state, metrics))
+        startup_s = time.time() - job["spawn_time"]
+    jax.block_until_ready((state, metrics))
+    epoch0_s = time.perf_counter() - epoch0_start
+    compiles_epoch0, compile_s = compiles.count, compiles.seconds
+
+    real_rows, batch_s, lengths = 0, 0.0, []
+    epoch1_start = time.perf_counter()
+    for index in range(steps):
+      t = time.perf_counter()
+      batch, rows = trainer.batch(1, index)
+      batch_s += time.perf_counter() - t
+      state, metrics = trainer.train_step(state, batch)
+      real_rows += rows
+      lengths.append(batch["input_ids"].shape[1])
+    jax.block_until_ready((state, metrics))
+    epoch1_s = time.perf_counter() - epoch1_start
+
+    prebuilt = [trainer.batch(2, index)[0] for index in range(steps)]
+    jax.block_until_ready(prebuilt)
+    epoch2_start = time.perf_counter()
+    for batch in prebuilt:
+      state, metrics = trainer.train_step(state, batch)
+    jax.block_until_ready((state, metrics))
+    epoch2_s = time.perf_counter() - epoch2_start
+    compiles_after = compiles.count - compiles_epoch0
+    jitted, _ = _jitted_step(trainer)
+    cache_entries = jitted._cache_size() if hasattr(jitted, "_cache_size") else -1
+    loss = float(metrics["loss"])
+
+    # Work done in epoch 1: XLA's count at each padded length, scaled per step by its useful
+    # share. Shares come from epoch 3's batches: every epoch holds the same rows and the same
+    # number of steps per length, so the sums over an epoch are the same.
+    flops_at = {}
+    for batch in prebuilt:
+      length = batch["input_ids"].shape[1]
+      if length not in flops_at:
+        flops_at[length] = _step_flops(trainer, state, batch)
+    flops = sum(flops_at[length] for length in lengths)
+    c = trainer.config.model
+    model = dict(hidden=c.hidden_size, layers=c.num_hidden_layers, feed_forward=c.feed_forward_size)
+    useful_flops = analytic = real_tokens = padded_tokens = 0.0
+    for batch in prebuilt:
+      ids_BxL = np.asarray(batch["input_ids"])
+      n_B = (ids_BxL != 0).sum(axis=1)
+      num_rows, length = ids_BxL.shape
+      computed = matmul_flops(n_B, num_rows, length, useful=False, **model)
+      useful_flops += flops_at[length] * matmul_flops(n_B, num_rows, length, useful=True, **model) / computed
+      analytic += 3 * computed
+      real_tokens += n_B.sum()
+      padded_tokens += num_rows * length
+    _close(trainer)
+  assert real_rows == len(trainer.train_users)
+  return {"steps": steps, "rows": real_rows, "seq_per_s": real_rows / epoch1_s,
+          "ms_per_step": 1e3 * epoch1_s / steps, "ms_per_step_prebuilt": 1e3 * epoch2_s / steps,
+          "batch_ms_per_step": 1e3 * batch_s / steps, "startup_s": startup_s, "epoch0_s": epoch0_s,
+          "compiles_epoch0": compiles_epoch0, "compile_s": compile_s, "compiles_after": compiles_after,
+          "cache_entries": cache_entries, "lengths": sorted(set(lengths)),
+          "gflop_per_step": flops / steps / 1e9, "gflop_per_s": flops / epoch1_s / 1e9,
+          "useful_gflop_per_s": useful_flops / epoch1_s / 1e9, "xla_vs_analytic": flops / analytic,
+          "real_token_share": real_tokens / padded_tokens, "loss": loss,
+          "peak_rss_mib": common.peak_rss_mib()}
+
+
+def _sweep_job(job, compiles) -> dict:
+  """Synthetic data, buckets off: warm-up steps, then `timed_steps` timed; optionally Adam alone."""
+  import jax
+  from jaxrec import data
+  log = data.synthetic_click_log(job["users"], job["items"], seed=0)
+  with tempfile.TemporaryDirectory() as workdir:
+    trainer = _trainer(job, log, workdir)
+    state = trainer.init_state()
+    step = 0
+
+    def run(num_steps):
+      nonlocal state, step
+      rows = 0
+      for _ in range(num_steps):
+        batch, real = trainer.batch(*divmod(step, trainer.steps_per_epoch))
+        state, metrics = trainer.train_step(state, batch)
+        rows, step = rows + real, step + 1
+      jax.block_until_ready((state, metrics))
+      return rows
+
+    run(job["warmup_steps"])
+    compiles_before = compiles.count
+    start = time.perf_counter()
+    rows = run(job["timed_steps"])
+    seconds = time.perf_counter() - start
+    result = {"ms_per_step": 1e3 * seconds / job["timed_steps"], "seq_per_s": rows / seconds,
+              "compiles_timed": compiles.count - compiles_before,
+              "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
+              "items": log.num_items}
+    if job.get("optimizer_repeats"):
+      result["optimizer_ms"] = _optimizer_ms(trainer, state, job["optimizer_repeats"])
+    _close(trainer)
+  result["peak_rss_mib"] = common.peak_rss_mib()
+  return result
+
+
+def _optimizer_ms(trainer, state, repeats: int) -> float:
+  """ms of the optimizer update alone (tx.update + apply_updates, jitted, donated) on the params."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  def update(params, opt_state, grads):
+    updates, opt_state = trainer.tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  fn = jax.jit(update, donate_argnums=(0, 1))
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), state.params)
+  params, opt_state = fn(state.params, state.opt_state, grads)
+  jax.block_until_ready(params)
+  start = time.perf_counter()
+  for _ in range(repeats):
+    params, opt_state = fn(params, opt_state, grads)
+  jax.block_until_ready(params)
+  return 1e3 * (time.perf_counter() - start) / repeats
+
+
+def _ceilings_job(job) -> dict:
+  import jax
+  return {"matmul_gflops": common.jax_matmul_gflops(job["matmul_n"]),
+          "copy_gbytes_per_s": common.copy_gbytes_per_s(job["copy_bytes"]),
+          "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}", "jax": jax.__version__}
+
+
+def _worker(job) -> dict:
+  if job["kind"] == "ceilings":
+    return _ceilings_job(job)
+  compiles = CompileCounter()
+  return _real_job(job, compiles) if job["kind"] == "real" else _sweep_job(job, compiles)
+
+
+# ----------------------------------------------------------------------------- parent side
+
+
+_results = {}  # identical jobs (e.g. the SPEC point of two sweeps) run once
+
+
+def _run_child(job) -> dict:
+  """Runs one job in a fresh `python -m benchmarks.train_bench` process; returns its JSON line."""
+  key = json.dumps(job, sort_keys=True)
+  if key not in _results:
+    _results[key] = _spawn(job)
+  return _results[key]
+
+
+def _spawn(job) -> dict:
+  job = dict(job, spawn_time=time.time())
+  args = [sys.executable, "-m", "benchmarks.train_bench", "--worker_job=" + json.dumps(job)]
+  proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+  if proc.returncode:
+    raise RuntimeError(f"{job['kind']} job {job} failed:\n{proc.stderr[-5000:]}")
+  lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+  return json.loads(lines[-1])
+
+
+def _progress(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)
+
+
+def _model_job(sizes: Sizes, **overrides) -> dict:
+  job = dict(batch_size=sizes.batch_size, seq_length=sizes.seq_length, hidden_size=sizes.hidden_size,
+             num_heads=sizes.num_heads, num_layers=sizes.num_layers)
+  job.update(overrides)
+  return job
+
+
+def real_section(sizes: Sizes, data_path: str, ceilings: dict) -> tuple[str, list]:
+  configs = [("plain", {}),
+             (f"buckets {sizes.bucket_lengths}", {"bucket_lengths": sizes.bucket_lengths}),
+             (f"buckets + feed-forward {sizes.feed_forward_size}",
+              {"bucket_lengths": sizes.bucket_lengths, "feed_forward_size": sizes.feed_forward_size})]
+  results = []
+  for name, overrides in configs:
+    _progress(f"train_bench: real data, {name}")
+    job = _model_job(sizes, kind="real", data_path=data_path, users=sizes.real_users,
+                     synthetic_users=max(sizes.real_users, 2000), synthetic_items=sizes.sweep_items, **overrides)
+    results.append(_run_child(job))
+  ceiling = ceilings["matmul_gflops"]
+  metrics = [
+      ("sequences/s", lambda r: f"{r['seq_per_s']:,.0f}"),
+      ("ms/step", lambda r: f"{r['ms_per_step']:.1f}"),
+      ("ms/step, batches prebuilt", lambda r: f"{r['ms_per_step_prebuilt']:.1f}"),
+      ("host batching ms/step", lambda r: f"{r['batch_ms_per_step']:.1f}"),
+      ("start-up s (to end of step 1)", lambda r: f"{r['startup_s']:.1f}"),
+      ("first epoch s", lambda r: f"{r['epoch0_s']:.1f}"),
+      ("compilations by end of first epoch (s)", lambda r: f"{r['compiles_epoch0']} ({r['compile_s']:.1f} s)"),
+      ("compilations after first epoch", lambda r: str(r["compiles_after"])),
+      ("padded lengths (jit cache entries)",
+       lambda r: ", ".join(map(str, r["lengths"])) + f" ({r['cache_entries']})"),
+      ("peak RSS MiB", lambda r: f"{r['peak_rss_mib']:.0f}"),
+      ("GFLOP/step (XLA, mean)", lambda r: f"{r['gflop_per_step']:.2f}"),
+      ("XLA FLOPs / 3x analytic matmul FLOPs", lambda r: f"{r['xla_vs_analytic']:.2f}"),
+      ("GFLOP/s done", lambda r: f"{r['gflop_per_s']:.1f}"),
+      ("% of matmul ceiling", lambda r: f"{100 * r['gflop_per_s'] / ceiling:.1f}%"),
+      ("real-token share", lambda r: f"{100 * r['real_token_share']:.0f}%"),
+      ("useful % of matmul ceiling", lambda r: f"{100 * r['useful_gflop_per_s'] / ceiling:.1f}%"),
+      ("loss after 3 epochs", lambda r: f"{r['loss']:.3f}"),
+  ]
+  table = common.markdown_table(["", *[name for name, _ in configs]],
+                                [(label, *[fmt(r) for r in results]) for label, fmt in metrics])
+  source = f"`{data_path}`" if data_path else "synthetic data (the real file was not found)"
+  users = f"first {sizes.real_users:,} users" if sizes.real_users else "all users"
+  text = [f"Real data: {source}, {users}, {results[0]['rows']:,} training sequences per epoch; batch "
+          f"{sizes.batch_size}, seq_length {sizes.seq_length}, hidden {sizes.hidden_size}, "
+          f"{sizes.num_heads} heads, {sizes.num_layers} layers. Epoch 1 compiles and warms up; sequences/s "
+          "and ms/step are over epoch 2 (host batching included); epoch 3 reruns with its batches built "
+          "beforehand.", "", table]
+  for (name, _), r in zip(configs, results):
+    if r["compiles_after"]:
+      text.append(f"\nWARNING: {name}: {r['compiles_after']} compilations after the first epoch.")
+  return "\n".join(text), results
+
+
+def sweep_section(sizes: Sizes, ceilings: dict) -> tuple[str, dict]:
+  timing = dict(warmup_steps=sizes.warmup_steps, timed_steps=sizes.timed_steps)
+  sweeps = {"batch": [], "seq": [], "catalog": []}
+  for batch_size in sizes.batch_sweep:
+    _progress(f"train_bench: synthetic, batch {batch_size}")
+    sweeps["batch"].append(_run_child(_model_job(sizes, kind="sweep", batch_size=batch_size,
+                                                 users=sizes.sweep_users, items=sizes.sweep_items, **timing)))
+  for seq_length in sizes.seq_sweep:
+    _progress(f"train_bench: synthetic, seq_length {seq_length}")
+    sweeps["seq"].append(_run_child(_model_job(sizes, kind="sweep", seq_length=seq_length,
+                                               users=sizes.sweep_users, items=sizes.sweep_items, **timing)))
+  for items in sizes.catalog_sweep:
+    _progress(f"train_bench: synthetic, {items:,} items")
+    sweeps["catalog"].append(_run_child(_model_job(sizes, kind="sweep", users=sizes.sweep_users, items=items,
+                                                   optimizer_repeats=sizes.optimizer_repeats, **timing)))
+
+  def rows(values, results):
+    return [(f"{v:,}", f"{r['ms_per_step']:.1f}", f"{r['seq_per_s']:,.0f}", f"{r['peak_rss_mib']:.0f}")
+            for v, r in zip(values, results)]
+  header = ["ms/step", "sequences/s", "peak RSS MiB"]
+  base = sweeps["catalog"][0]["ms_per_step"]
+  bandwidth = ceilings["copy_gbytes_per_s"] * 1e9
+  catalog_rows = [(f"{items:,}", f"{r['ms_per_step']:.1f}", f"{r['ms_per_step'] / base:.2f}x",
+                   f"{r['optimizer_ms']:.1f}", f"{28e3 * r['params'] / bandwidth:.1f}", f"{r['params'] / 1e6:.1f}",
+                   f"{r['peak_rss_mib']:.0f}") for items, r in zip(sizes.catalog_sweep, sweeps["catalog"])]
+  recompiled = sum(r["compiles_timed"] for results in sweeps.values() for r in results)
+  ratio = sweeps["catalog"][-1]["ms_per_step"] / base
+  text = [
+      f"Synthetic data (`jaxrec.data.synthetic_click_log`, {sizes.sweep_users:,} users), buckets off, "
+      f"{sizes.timed_steps} steps timed after {sizes.warmup_steps} warm-up step(s); other sizes as above "
+      f"({sizes.sweep_items:,} items unless swept).", "",
+      common.markdown_table(["batch size", *header], rows(sizes.batch_sweep, sweeps["batch"])), "",
+      common.markdown_table(["seq_length", *header], rows(sizes.seq_sweep, sweeps["seq"])), "",
+      common.markdown_table(["items", "ms/step", "vs smallest", "Adam update alone ms",
+                             "Adam memory floor ms", "params (M)", "peak RSS MiB"], catalog_rows), "",
+      f"Largest catalog: {ratio:.2f}x the step time of the smallest (target: at most 1.5x, "
+      f"{'met' if ratio <= 1.5 else 'missed'}). "
+      "Adam update alone: a jitted, donated `tx.update` + `apply_updates` on all parameters. "
+      "Adam memory floor: 7 float32 passes over the parameters (read params, grads, mu, nu; write "
+      "params, mu, nu) = 28 bytes/param at the copy ceiling.",
+  ]
+  if recompiled:
+    text.append(f"\nWARNING: {recompiled} compilations during timed sweep steps.")
+  return "\n".join(text), sweeps
+
+
+def plot(sizes: Sizes, sweeps: dict, path: str) -> bool:
+  """The three sweeps side by side, log x; False when matplotlib is missing."""
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    return False
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+  panels = [(sizes.batch_sweep, [r["seq_per_s"] for r in sweeps["batch"]], "batch size", "sequences/s"),
+            (sizes.seq_sweep, [r["seq_per_s"] for r in sweeps["seq"]], "seq_length", "sequences/s"),
+            (sizes.catalog_sweep, [r["ms_per_step"] for r in sweeps["catalog"]], "items", "ms/step")]
+  for ax, (x, y, xlabel, ylabel) in zip(axes, panels):
+    ax.plot(x, y, "o-", label="train step")
+    ax.set_xscale("log")
+    ax.set_xticks(x, [f"{v:,}" for v in x])
+    ax.minorticks_off()
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+  axes[2].plot(sizes.catalog_sweep, [r["optimizer_ms"] for r in sweeps["catalog"]], "s--",
+               label="Adam update alone")
+  axes[2].legend()
+  fig.suptitle(f"jaxrec training, {common.machine_line()}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def main(argv):
+  del argv
+  if FLAGS.worker_job:
+    print(json.dumps(_worker(json.loads(FLAGS.worker_job))), flush=True)
+    return
+  sizes = QUICK if FLAGS.quick else FULL
+  markdown_out = FLAGS.markdown_out
+  if markdown_out is None:
+    markdown_out = "" if FLAGS.quick else common.BENCHMARKS_MD
+  plot_out = FLAGS.plot_out if FLAGS.plot_out is not None else ("" if FLAGS.quick else DEFAULT_PLOT)
+  data_path = os.path.abspath(FLAGS.data_path) if FLAGS.data_path else ""
+  if not os.path.exists(data_path):
+    if not FLAGS.quick:
+      raise app.UsageError(f"--data_path: {data_path or '(empty)'} not found")
+    data_path = ""
+  _progress("train_bench: ceilings")
+  ceilings = _run_child({"kind": "ceilings", "matmul_n": sizes.matmul_n, "copy_bytes": sizes.copy_bytes})
+  real_text, _ = real_section(sizes, data_path, ceilings)
+  sweep_text, sweeps = sweep_section(sizes, ceilings)
+  plotted = bool(plot_out) and plot(sizes, sweeps, plot_out)
+  parts = [
+      "## Training throughput", "",
+      f"`{common.command_line('benchmarks.train_bench')}`" + (" (smoke-test sizes)" if FLAGS.quick else ""),
+      f"Machine: {common.machine_line()}; {ceilings['device']}, jax {ceilings['jax']}.",
+      f"Ceilings, this run: XLA float32 {sizes.matmul_n}^3 matmul {ceilings['matmul_gflops']:.1f} GFLOP/s; "
+      f"numpy copy {ceilings['copy_gbytes_per_s']:.1f} GB/s (read + write).",
+      "GFLOP/s done: XLA's `cost_analysis()['flops']` of the compiled step at each padded length, summed "
+      "over the epoch's steps, over the epoch's time. Useful: each step's count scaled by its real share "
+      "(tokens for dense, feed-forward and lbm; sum n_r^2 vs L^2 for attention; see `matmul_flops`).",
+      "", real_text, "", sweep_text,
+  ]
+  if plotted:
+    parts += ["", f"![training throughput]({os.path.relpath(plot_out, REPO)})"]
+  markdown = "\n".join(parts)
+  print(markdown)
+  if markdown_out:
+    common.BENCHMARKS_MD = markdown_out
+    common.update_section("train", markdown)
+
+
+if __name__ == "__main__":
+  app.run(main)

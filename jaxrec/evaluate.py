@@ -8,6 +8,7 @@ import functools
 import jax
 import numpy as np
 
+from jaxrec import console
 from jaxrec import data
 from jaxrec import metrics
 from jaxrec.model import ModelConfig, Seq2Seq
@@ -79,7 +80,9 @@ def evaluate(params, config: ModelConfig, split: data.Split, which: str, ks=(10,
 
 
 def print_table(row: dict) -> None:
-  """A small aligned table of one evaluation row, on stdout."""
+  """A small aligned table of one evaluation row, on stdout (first process only)."""
+  if not console.is_main_process():
+    return
   keys = [k for k in row if k.startswith(("hr@", "ndcg@")) or k == "mrr"]
   head = f"{row['split']:>5} epoch {row.get('epoch', '-')}"
   print(head + "  " + "  ".join(f"{k:>8}" for k in keys))

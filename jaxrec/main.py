@@ -61,6 +61,9 @@ flags.DEFINE_bool("remove_accidental_hits", False, "Drop candidates equal to the
 flags.DEFINE_integer("num_negatives", 256, "--loss=mixed: sampled items per step.")
 flags.DEFINE_enum("negative_distribution", "uniform", ["uniform", "popularity"],
                   "--loss=mixed: how the extra items are drawn.")
+flags.DEFINE_bool("sparse_embedding_updates", False,
+                  "Row-sparse (lazy) Adam on the item tables: each step updates only the rows its "
+                  "batch touches, so step cost stops growing with the catalog (not with --loss=full).")
 flags.DEFINE_list("bucket_lengths", [],
                   "Shorter padded lengths, e.g. 8,16,32: users are batched with others of similar "
                   "length and run at the shortest that holds them (exact, much faster on short logs).")
@@ -122,6 +125,8 @@ def check_flags() -> None:
     raise InputError(f"--eval_ks={','.join(FLAGS.eval_ks)}: cut-offs must be positive")
   if FLAGS.eval_every_epochs and 10 not in ks:
     raise InputError(f"--eval_ks={','.join(FLAGS.eval_ks)}: must include 10 (checkpoints are picked by NDCG@10)")
+  if FLAGS.sparse_embedding_updates and FLAGS.loss == "full":
+    raise InputError("--sparse_embedding_updates: does not combine with --loss=full, which reads every row")
   if not 0 <= FLAGS.process_id < FLAGS.num_processes:
     raise InputError(f"--process_id={FLAGS.process_id}: must be in [0, --num_processes)")
   if FLAGS.num_processes > 1 and not FLAGS.coordinator_address:
@@ -158,6 +163,7 @@ def train_config(num_items: int):
                      eval_ks=tuple(int(k) for k in FLAGS.eval_ks),
                      eval_batch_size=FLAGS.eval_batch_size, patience=FLAGS.patience,
                      bucket_lengths=bucket_lengths(),
+                     sparse_embedding_updates=FLAGS.sparse_embedding_updates,
                      loss=LossConfig(FLAGS.loss, FLAGS.remove_accidental_hits, FLAGS.num_negatives,
                                      FLAGS.negative_distribution))
 

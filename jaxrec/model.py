@@ -94,16 +94,26 @@ class Seq2Seq(nn.Module):
     self.embedding_dropout = nn.Dropout(c.hidden_dropout_rate)
     self.layers = [EncoderLayer(c, name=f"layer_{i}") for i in range(c.num_hidden_layers)]
 
-  def encode(self, input_ids_BxL, deterministic: bool = True) -> jnp.ndarray:
-    """seq_out [B, L, D]: the last layer's output at every position."""
+  def encode(self, input_ids_BxL, deterministic: bool = True, item_vectors_BxLxD=None) -> jnp.ndarray:
+    """seq_out [B, L, D]: the last layer's output at every position.
+
+    `item_vectors_BxLxD`, if given, replaces the item-table lookup of `input_ids_BxL`
+    (row-sparse training looks items up in a gathered slice of the table).
+    """
     real_BxLx1 = (input_ids_BxL != 0)[..., None]
     pos_BxLxD = self.position_embeddings(position_ids(input_ids_BxL, self.config.position_order))
-    x_BxLxD = self.item_embeddings(input_ids_BxL) + jnp.where(real_BxLx1, pos_BxLxD, 0.0)
+    if item_vectors_BxLxD is None:
+      item_vectors_BxLxD = self.item_embeddings(input_ids_BxL)
+    x_BxLxD = item_vectors_BxLxD + jnp.where(real_BxLx1, pos_BxLxD, 0.0)
     x_BxLxD = self.embedding_dropout(x_BxLxD, deterministic)
     bias_Bx1xLxL = masks.attention_bias(input_ids_BxL)
     for layer in self.layers:
       x_BxLxD = layer(x_BxLxD, bias_Bx1xLxL, deterministic)
     return x_BxLxD
+
+  def table_names(self) -> tuple:
+    """Names of the item tables in the params: (input, output), the same name when tied."""
+    return ("item_embeddings", "item_embeddings" if self.config.share_embeddings else "outputs_embedding")
 
   def output_table(self) -> jnp.ndarray:
     """[I, D]: the candidate-side item vectors (also the vectors recall indexes)."""

@@ -62,6 +62,7 @@ class TrainConfig:
   patience: int = 0  # evaluations without improvement before stopping; 0: never stop early
   bucket_lengths: tuple = ()  # padded lengths shorter than seq_length to batch short users at
   loss: LossConfig = LossConfig()
+  sparse_embedding_updates: bool = False  # lazy Adam on the touched table rows only
 
 
 @flax.struct.dataclass
@@ -88,51 +89,116 @@ def make_optimizer(config: TrainConfig, total_steps: int):
   return adam, lr
 
 
-def loss_fn(params, model: Seq2Seq, batch: dict, item_log_q_I, dropout_rng=None, sample_rng=None,
-            loss: LossConfig = LossConfig()):
-  """The training loss of `batch`; `item_log_q_I` is log(count/total) of every item."""
+def sample_negatives(item_log_q_I, rng, loss: LossConfig, num_items: int):
+  """--loss=mixed: (ids [N], logQ [N]) of N items shared by the batch.
+
+  The logQ is the log of each item's expected count in the sample, N * q(item), as
+  the in-batch candidates are corrected by B * p(item): the sources stay comparable.
+  """
+  n = loss.num_negatives
+  if loss.negative_distribution == "popularity":
+    cdf = jnp.cumsum(jnp.exp(item_log_q_I))
+    ids = jnp.searchsorted(cdf, jax.random.uniform(rng, (n,)) * cdf[-1], side="right")
+    ids = jnp.clip(ids, 1, num_items - 1)
+    log_q = item_log_q_I[ids]
+  else:
+    ids = jax.random.randint(rng, (n,), 1, num_items)
+    log_q = jnp.full((n,), -jnp.log(num_items - 1.0))
+  return ids, log_q + jnp.log(float(n))
+
+
+def loss_fn(params, model: Seq2Seq, batch: dict, dropout_rng=None, loss: LossConfig = LossConfig(),
+            negatives=None, sparse=None):
+  """The training loss of `batch`.
+
+  `negatives`: (ids [N], logQ [N]) for --loss=mixed. `sparse`: (rows [K], {table name:
+  gathered rows [K, D]}) standing in for the item tables, which are then not read.
+  """
   variables = {"params": params}
-  seq_out = model.apply(variables, batch["input_ids"], deterministic=dropout_rng is None,
+  in_name, out_name = model.table_names()
+  if sparse is None:
+    in_vectors = None
+    table = model.apply(variables, method=Seq2Seq.output_table)
+    lookup = lambda ids: jnp.take(table, ids, axis=0)
+  else:
+    rows_K, tables = sparse
+    local = lambda ids: jnp.searchsorted(rows_K, ids)
+    in_vectors = jnp.take(tables[in_name], local(batch["input_ids"]), axis=0)
+    lookup = lambda ids: jnp.take(tables[out_name], local(ids), axis=0)
+  seq_out = model.apply(variables, batch["input_ids"], dropout_rng is None, in_vectors,
                         rngs=None if dropout_rng is None else {"dropout": dropout_rng},
                         method=Seq2Seq.encode)
-  table = model.apply(variables, method=Seq2Seq.output_table)
   padding = masks.padding_mask(batch["input_ids"])
   if loss.kind == "full":
     return full_softmax_loss(seq_out, table, batch["label"], padding, batch["row_mask"])
-  ids_emb = jnp.take(table, batch["label"], axis=0)
-  extra = {}
+  hot_weight, extra = batch["hot_weight"], {}
   if loss.kind == "mixed":
-    # Each source is corrected by the log of its expected count of the item: B * p(item)
-    # for the in-batch labels, N * q(item) for the N shared samples.
-    num_items, n = table.shape[0], loss.num_negatives
-    if loss.negative_distribution == "popularity":
-      cdf = jnp.cumsum(jnp.exp(item_log_q_I))
-      ids = jnp.searchsorted(cdf, jax.random.uniform(sample_rng, (n,)) * cdf[-1], side="right")
-      ids = jnp.clip(ids, 1, num_items - 1)
-      log_q = item_log_q_I[ids]
-    else:
-      ids = jax.random.randint(sample_rng, (n,), 1, num_items)
-      log_q = jnp.full((n,), -jnp.log(num_items - 1.0))
-    extra = {"extra_emb_NxD": jnp.take(table, ids, axis=0), "extra_ids_N": ids,
-             "extra_log_q_N": log_q + jnp.log(float(n))}
-    hot_weight = batch["hot_weight"] + jnp.log(jnp.float32(batch["label"].shape[0]))
-  else:
-    hot_weight = batch["hot_weight"]
-  return in_batch_softmax_loss(seq_out, ids_emb, hot_weight, padding, batch["row_mask"], batch["label"],
-                               loss.remove_accidental_hits, **extra)
+    ids, log_q = negatives
+    extra = {"extra_emb_NxD": lookup(ids), "extra_ids_N": ids, "extra_log_q_N": log_q}
+    hot_weight = hot_weight + jnp.log(jnp.float32(batch["label"].shape[0]))  # log(B p)
+  return in_batch_softmax_loss(seq_out, lookup(batch["label"]), hot_weight, padding, batch["row_mask"],
+                               batch["label"], loss.remove_accidental_hits, **extra)
 
 
 def train_step(state: TrainState, batch: dict, item_log_q_I, *, model: Seq2Seq, tx,
                loss: LossConfig = LossConfig()) -> tuple[TrainState, dict]:
   """One Adam step on the global batch; the dropout key is fold_in(rng, step)."""
-  step_rng = jax.random.fold_in(state.rng, state.step)
-  dropout_rng, sample_rng = jax.random.split(step_rng)
-  loss_value, grads = jax.value_and_grad(loss_fn)(state.params, model, batch, item_log_q_I, dropout_rng,
-                                                  sample_rng, loss)
+  dropout_rng, sample_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+  negatives = None
+  if loss.kind == "mixed":
+    negatives = sample_negatives(item_log_q_I, sample_rng, loss, model.config.num_items)
+  loss_value, grads = jax.value_and_grad(loss_fn)(state.params, model, batch, dropout_rng, loss, negatives)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   return new_state, {"loss": loss_value, "grad_norm": optax.tree.norm(grads)}
+
+
+def sparse_train_step(state: TrainState, batch: dict, item_log_q_I, *, model: Seq2Seq, tx, lr,
+                      b2: float, loss: LossConfig = LossConfig(), b1: float = 0.9,
+                      eps: float = 1e-8) -> tuple[TrainState, dict]:
+  """train_step with row-sparse ("lazy") Adam on the item tables.
+
+  Only the table rows the batch touches (inputs, labels, sampled negatives) are
+  gathered, differentiated and updated, with their own Adam moments; other rows and
+  their moments stay as they are. The cost per step no longer grows with the catalog.
+  `tx` updates the other (dense) parameters; its state is opt_state[0].
+  """
+  dropout_rng, sample_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+  num_items = model.config.num_items
+  negatives, ids = None, [batch["input_ids"].ravel(), batch["label"].ravel()]
+  if loss.kind == "mixed":
+    negatives = sample_negatives(item_log_q_I, sample_rng, loss, num_items)
+    ids.append(negatives[0])
+  ids = jnp.concatenate(ids)
+  rows_K = jnp.unique(ids, size=ids.shape[0], fill_value=num_items)  # fill rows are dropped below
+  names = tuple(sorted(set(model.table_names())))
+  tables = {n: state.params[n]["embedding"] for n in names}
+  rows = {n: tables[n].at[rows_K].get(mode="fill", fill_value=0.0) for n in names}
+  dense = {k: v for k, v in state.params.items() if k not in names}
+
+  def objective(dense, rows):
+    params = {**dense, **{n: {"embedding": jax.lax.stop_gradient(tables[n])} for n in names}}
+    return loss_fn(params, model, batch, dropout_rng, loss, negatives, (rows_K, rows))
+
+  loss_value, (dense_grads, row_grads) = jax.value_and_grad(objective, argnums=(0, 1))(dense, rows)
+  dense_opt, moments = state.opt_state
+  updates, dense_opt = tx.update(dense_grads, dense_opt, dense)
+  params = dict(optax.apply_updates(dense, updates))
+  t = (state.step + 1).astype(jnp.float32)
+  lr_t = lr(state.step)
+  new_moments = {}
+  for n in names:
+    m, v = moments[n]
+    g = row_grads[n]
+    m_K = b1 * m.at[rows_K].get(mode="fill", fill_value=0.0) + (1 - b1) * g
+    v_K = b2 * v.at[rows_K].get(mode="fill", fill_value=0.0) + (1 - b2) * g * g
+    step_K = lr_t * (m_K / (1 - b1**t)) / (jnp.sqrt(v_K / (1 - b2**t)) + eps)
+    params[n] = {"embedding": tables[n].at[rows_K].set(rows[n] - step_K, mode="drop")}
+    new_moments[n] = (m.at[rows_K].set(m_K, mode="drop"), v.at[rows_K].set(v_K, mode="drop"))
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=(dense_opt, new_moments))
+  grad_norm = optax.tree.norm((dense_grads, row_grads))
+  return new_state, {"loss": loss_value, "grad_norm": grad_norm}
 
 
 def data_mesh() -> Mesh:
@@ -179,7 +245,11 @@ class Trainer:
     self.rows = padded_batch_size(config.batch_size, jax.device_count())
     self.sampler = data.PopularitySampler(split.item_counts())
     self.tx, self.lr = make_optimizer(config, self.total_steps)
-    step = functools.partial(train_step, model=self.model, tx=self.tx, loss=config.loss)
+    if config.sparse_embedding_updates:
+      step = functools.partial(sparse_train_step, model=self.model, tx=self.tx, lr=self.lr,
+                               b2=config.adam_b2, loss=config.loss)
+    else:
+      step = functools.partial(train_step, model=self.model, tx=self.tx, loss=config.loss)
     jitted = jax.jit(step, in_shardings=(self.replicated, self.batch_sharding, self.replicated),
                      out_shardings=(self.replicated, self.replicated), donate_argnums=0)
     # log(count/total) per item; items never clicked in training get a finite floor.
@@ -194,7 +264,12 @@ class Trainer:
     def init(rng):
       params_rng, dropout_rng = jax.random.split(rng)
       params = init_params(self.config.model, params_rng)
-      return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params), dropout_rng)
+      if not self.config.sparse_embedding_updates:
+        return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params), dropout_rng)
+      names = set(self.model.table_names())
+      dense = {k: v for k, v in params.items() if k not in names}
+      moments = {n: (jnp.zeros_like(params[n]["embedding"]),) * 2 for n in names}
+      return TrainState(jnp.zeros((), jnp.int32), params, (self.tx.init(dense), moments), dropout_rng)
     return jax.jit(init, out_shardings=self.replicated)(jax.random.key(self.config.seed))
 
   def abstract_state(self):

@@ -170,6 +170,7 @@ def test_gradient_matches_central_differences_in_float64(case, with_row_mask):
         minus = [a if j != i else jnp.asarray(x - step) for j, a in enumerate(args)]
         numeric[idx] = (float(fn(*plus)) - float(fn(*minus))) / (2 * h)
       np.testing.assert_allclose(np.asarray(g), numeric, rtol=1e-6, atol=1e-8, err_msg=f"arg {i}")
+  assert jnp.zeros(1).dtype == jnp.float32  # x64 did not leak out of the context
 
 
 def test_hot_weight_sign_hand_computed():

@@ -63,14 +63,15 @@ def machine_line() -> str:
   return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def update_section(name: str, body: str) -> None:
-  """Replaces (or appends) the section `name` of BENCHMARKS.md, keeping the others."""
+def update_section(name: str, body: str, path: str = "") -> None:
+  """Replaces (or appends) the section `name` of `path` (BENCHMARKS.md), keeping the others."""
+  path = path or BENCHMARKS_MD
   begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
   block = f"{begin}\n{body.strip()}\n{end}"
-  text = open(BENCHMARKS_MD).read() if os.path.exists(BENCHMARKS_MD) else "# Benchmarks\n"
+  text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
   pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
   text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-  with open(BENCHMARKS_MD, "w") as f:
+  with open(path, "w") as f:
     f.write(text)
 
 

@@ -140,8 +140,7 @@ def main(argv):
   print(markdown)
   markdown_out = common.BENCHMARKS_MD if FLAGS.markdown_out is None else FLAGS.markdown_out
   if markdown_out:
-    common.BENCHMARKS_MD = markdown_out
-    common.update_section("eval", markdown)
+    common.update_section("eval", markdown, markdown_out)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,124 @@
+r"""Accuracy of experiment flagfiles: train each (per seed), report validation and test metrics.
+
+  python -m benchmarks.accuracy_bench experiments/beauty.flags experiments/beauty_inbatch.flags \
+      --seeds=0,1,2 [--reuse]
+
+Each flagfile runs as `python -m jaxrec.main --flagfile=F --seed=S --workdir=runs/accuracy/NAME_sS`
+(the test metrics come from the checkpoint with the best validation NDCG@10). With
+--reuse, finished workdirs are read instead of retrained. Writes a table per dataset to
+BENCHMARKS.md (section "accuracy") and a plot of validation NDCG@10 per epoch.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+from benchmarks import common
+
+flags.DEFINE_list("seeds", ["0"], "Seeds to run each flagfile with; tables show the mean.")
+flags.DEFINE_bool("reuse", False, "Read workdirs that already hold test metrics instead of retraining.")
+flags.DEFINE_string("root", "runs/accuracy", "Where the workdirs go.")
+flags.DEFINE_string("plot_out", "benchmarks/accuracy_valid_ndcg.png", "PNG plot path ('' for none).")
+flags.DEFINE_string("markdown_out", common.BENCHMARKS_MD, "Markdown file to update ('' for none).")
+FLAGS = flags.FLAGS
+
+KEYS = ("hr@10", "ndcg@10", "hr@20", "ndcg@20")
+
+
+def flag_value(path: str, name: str) -> str:
+  """The last `--name=value` in a flagfile (following --flagfile includes), else ''."""
+  value = ""
+  for line in open(path):
+    line = line.strip()
+    if line.startswith("--flagfile="):
+      value = flag_value(line.split("=", 1)[1], name) or value
+    elif line.startswith(f"--{name}="):
+      value = line.split("=", 1)[1]
+  return value
+
+
+def run(flagfile: str, seed: int) -> dict:
+  name = os.path.splitext(os.path.basename(flagfile))[0]
+  workdir = os.path.join(FLAGS.root, f"{name}_s{seed}")
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  seconds = None
+  if not (FLAGS.reuse and os.path.exists(metrics_path) and _rows(metrics_path, "test")):
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "jaxrec.main", f"--flagfile={flagfile}", f"--seed={seed}",
+                    f"--workdir={workdir}"], check=True)
+    seconds = time.perf_counter() - start
+  valid = _rows(metrics_path, "valid")
+  best = max(valid, key=lambda r: r["ndcg@10"])
+  return {"name": name, "seed": seed, "valid": best, "test": _rows(metrics_path, "test")[-1],
+          "epochs": max(r["epoch"] for r in valid), "seconds": seconds,
+          "curve": [(r["epoch"], r["ndcg@10"]) for r in valid],
+          "dataset": os.path.basename(flag_value(flagfile, "data_path")) or "synthetic"}
+
+
+def _rows(path: str, split: str) -> list:
+  with open(path) as f:
+    return [r for r in map(json.loads, f) if r.get("split") == split and "mode" not in r]
+
+
+def mean(values) -> float:
+  values = [v for v in values if v is not None]
+  return sum(values) / len(values) if values else float("nan")
+
+
+def main(argv):
+  flagfiles = argv[1:]
+  if not flagfiles:
+    raise app.UsageError("name one or more experiment flagfiles")
+  results = [run(f, int(s)) for f in flagfiles for s in FLAGS.seeds]
+  sections = []
+  for dataset in dict.fromkeys(r["dataset"] for r in results):
+    rows = []
+    for name in dict.fromkeys(r["name"] for r in results if r["dataset"] == dataset):
+      runs = [r for r in results if r["name"] == name]
+      cells = [f"`{name}`", len(runs)]
+      cells += [f"{mean(r['valid'][k] for r in runs):.4f}" for k in KEYS]
+      cells += [f"{mean(r['test'][k] for r in runs):.4f}" for k in KEYS]
+      cells += [f"{mean(r['valid']['epoch'] for r in runs):.0f} / {mean(r['epochs'] for r in runs):.0f}",
+                f"{mean(r['seconds'] for r in runs) / 60:.1f}"]
+      rows.append(cells)
+    header = ["flagfile", "seeds"] + [f"valid {k}" for k in KEYS] + [f"test {k}" for k in KEYS] + \
+             ["best / last epoch", "minutes"]
+    sections.append(f"**{dataset}**\n\n" + common.markdown_table(header, rows))
+  body = "\n\n".join(sections)
+  print(body)
+  if FLAGS.markdown_out:
+    text = (f"## Accuracy\n\n`{common.command_line('benchmarks.accuracy_bench')}` on {common.machine_line()}. "
+            "Test metrics are those of the checkpoint with the best validation NDCG@10; each cell is "
+            "the mean over the seeds; minutes are wall time of a whole run (training with validation "
+            "every epoch, then test).\n\n" + body)
+    common.update_section("accuracy", text, FLAGS.markdown_out)
+  if FLAGS.plot_out:
+    _plot(results, FLAGS.plot_out)
+
+
+def _plot(results, path):
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    print("matplotlib not installed (pip install -e '.[bench]'): no plot", file=sys.stderr)
+    return
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for r in results:
+    if r["seed"] == results[0]["seed"]:
+      ax.plot(*zip(*r["curve"]), label=r["name"])
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("validation NDCG@10")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+  app.run(main)

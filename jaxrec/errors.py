@@ -1,6 +1,7 @@
 """User-facing errors: one line, exit status 2, no traceback."""
 
 import contextlib
+import signal
 import sys
 
 EXIT_USAGE = 2
@@ -12,7 +13,7 @@ class InputError(Exception):
 
 @contextlib.contextmanager
 def exit_on_input_error(prog: str):
-  """Turns InputError into `prog: error: ...` and exit 2, TrainingError into exit 1."""
+  """Turns InputError into `prog: error: ...` and exit 2, TrainingError into exit 1, Ctrl-C into 130."""
   try:
     yield
   except InputError as e:
@@ -21,6 +22,9 @@ def exit_on_input_error(prog: str):
   except TrainingError as e:
     print(f"{prog}: error: {e}", file=sys.stderr)
     sys.exit(1)
+  except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves first, see train.py)
+    print(f"{prog}: interrupted", file=sys.stderr)
+    sys.exit(128 + signal.SIGINT)
 
 
 class TrainingError(Exception):

@@ -1,0 +1,197 @@
+"""Crash safety of training: SIGKILL (also mid-save), SIGTERM/SIGINT, non-finite losses.
+
+Each test runs the real CLI on a tiny model and synthetic data. An interrupted run,
+rerun with the same command, must resume from the last complete checkpoint and end
+with parameters bit-identical to an uninterrupted run.
+"""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jaxrec import checkpoints
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS = ("--data_format=synthetic --synthetic_users=300 --synthetic_items=100 --hidden_size=16 "
+         "--num_hidden_layers=1 --seq_length=10 --batch_size=32 --eval_every_epochs=0 --num_epochs=5 "
+         "--checkpoint_every_steps=4 --log_every_steps=1").split()
+PROGRESS = re.compile(r"^\d\d:\d\d:\d\d epoch \d+ step (\d+)/\d+ ")
+INFO = re.compile(r"^\d\d:\d\d:\d\d ")  # console.info lines: progress, resuming, sizes
+TMP_SUFFIX = ".orbax-checkpoint-tmp"
+
+
+def command(workdir, *extra):
+  return [sys.executable, "-m", "jaxrec.main", *FLAGS, f"--workdir={workdir}", *extra]
+
+
+def env(**extra):
+  return dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
+
+
+def start(workdir, *extra, **env_extra) -> subprocess.Popen:
+  return subprocess.Popen(command(workdir, *extra), env=env(**env_extra), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def train(workdir, *extra, **env_extra) -> subprocess.CompletedProcess:
+  return subprocess.run(command(workdir, *extra), env=env(**env_extra), stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE, text=True, timeout=300)
+
+
+def read_progress(proc: subprocess.Popen, lines: int) -> list:
+  """Reads stderr up to the `lines`-th progress line; returns what was read."""
+  seen, count = [], 0
+  while count < lines:
+    line = proc.stderr.readline()
+    assert line, f"training ended before {lines} progress lines:\n{''.join(seen)}"
+    seen.append(line)
+    count += bool(PROGRESS.match(line))
+  return seen
+
+
+def complete_steps(workdir) -> list:
+  return sorted(checkpoints.manager(workdir, writer=False).all_steps())
+
+
+def leftovers(workdir) -> list:
+  return [n for n in os.listdir(os.path.join(workdir, checkpoints.LATEST)) if TMP_SUFFIX in n]
+
+
+def params_at(workdir, step):
+  return jax.device_get(checkpoints.restore_params(checkpoints.manager(workdir, writer=False), step))
+
+
+def assert_same_params(actual, expected):
+  assert jax.tree.structure(actual) == jax.tree.structure(expected)
+  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+    assert a.dtype == e.dtype and np.array_equal(a, e)
+
+
+def assert_resumes_to_reference(workdir, last_step, reference):
+  """Reruns the command: it must resume right after `last_step` and end as the reference did."""
+  _, final_step, ref_params = reference
+  result = train(workdir)
+  assert result.returncode == 0, result.stderr
+  assert "Traceback" not in result.stderr
+  first = next(int(m.group(1)) for m in map(PROGRESS.match, result.stderr.splitlines()) if m)
+  if last_step is None:
+    assert "resuming" not in result.stderr
+    assert first == 1
+  else:
+    assert f"resuming from {workdir}/{checkpoints.LATEST} at step {last_step}\n" in result.stderr
+    assert first == last_step + 1
+  assert complete_steps(workdir)[-1] == final_step
+  assert leftovers(workdir) == []
+  assert_same_params(params_at(workdir, final_step), ref_params)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compile_cache(tmp_path_factory):
+  """Runs after the first load the tiny model's compiled steps instead of compiling them again."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
+    patch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    yield
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, compile_cache):
+  """(workdir, final step, final params) of an uninterrupted run."""
+  workdir = str(tmp_path_factory.mktemp("reference") / "workdir")
+  result = train(workdir)
+  assert result.returncode == 0, result.stderr
+  final_step = complete_steps(workdir)[-1]
+  assert final_step >= 40  # room for kills at several points
+  return workdir, final_step, params_at(workdir, final_step)
+
+
+@pytest.mark.parametrize("lines", [2, 20])
+def test_sigkill_then_rerun_resumes_identically(lines, reference, tmp_path):
+  workdir = str(tmp_path / "workdir")
+  proc = start(workdir)
+  read_progress(proc, lines)
+  proc.kill()
+  proc.communicate()
+  assert proc.returncode == -signal.SIGKILL
+  steps = complete_steps(workdir)
+  last = steps[-1] if steps else None
+  if last is not None:
+    params_at(workdir, last)  # the last complete checkpoint loads
+  assert_resumes_to_reference(workdir, last, reference)
+
+
+def test_sigkill_during_checkpoint_save(reference, tmp_path):
+  """Freezes training (SIGSTOP) while a save is in flight, then SIGKILLs it."""
+  workdir = str(tmp_path / "workdir")
+  ckpt_dir = os.path.join(workdir, checkpoints.LATEST)
+  proc = start(workdir)
+  in_flight = None
+  while in_flight is None and proc.poll() is None:
+    names = os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else []
+    if any(n.isdigit() for n in names) and any(TMP_SUFFIX in n for n in names):  # not the first save
+      proc.send_signal(signal.SIGSTOP)
+      in_flight = [n for n in os.listdir(ckpt_dir) if TMP_SUFFIX in n] or None
+      proc.send_signal(signal.SIGKILL if in_flight else signal.SIGCONT)
+    time.sleep(0.001)
+  proc.communicate()
+  assert in_flight, "training ended before a save could be caught in flight"
+  assert proc.returncode == -signal.SIGKILL
+  assert leftovers(workdir) == in_flight  # the unfinished save is still there ...
+  last = complete_steps(workdir)[-1]
+  assert last < int(in_flight[0].split(".")[0])  # ... and is not counted as a checkpoint
+  params_at(workdir, last)
+  assert_resumes_to_reference(workdir, last, reference)  # which also checks the leftover is gone
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_saves_a_checkpoint_and_exits_cleanly(signum, reference, tmp_path):
+  workdir = str(tmp_path / "workdir")
+  proc = start(workdir)
+  head = read_progress(proc, 10)
+  proc.send_signal(signum)
+  _, tail = proc.communicate(timeout=300)
+  lines = ("".join(head) + tail).splitlines()
+  assert proc.returncode == 128 + signum, tail
+  assert "Traceback" not in tail
+  match = re.fullmatch(rf"jaxrec: stopped by {signum.name} at step (\d+); checkpoint saved, rerun the "
+                       r"same command to resume", lines[-1])
+  assert match, lines[-1]
+  assert all(INFO.match(line) for line in lines[:-1]), lines  # the one message, besides progress
+  step = int(match.group(1))
+  assert step < reference[1]
+  assert complete_steps(workdir)[-1] == step
+  assert leftovers(workdir) == []
+  assert_resumes_to_reference(workdir, step, reference)
+
+
+@pytest.mark.parametrize("extra, env_extra, message", [
+    (["--learning_rate=1e30"], {}, r"loss is (nan|inf) at step {resumed_step_2}: training stopped"),
+    ([], {"JAXREC_TEST_NAN_AT_STEP": "{save_step}"},
+     r"parameters are not finite after step {save_step}: training stopped without saving them"),
+], ids=["absurd_learning_rate", "nan_parameters_at_a_save"])
+def test_non_finite_stops_and_keeps_the_last_checkpoint(extra, env_extra, message, reference, tmp_path):
+  ref_workdir, final_step, ref_params = reference
+  workdir = str(tmp_path / "workdir")
+  shutil.copytree(ref_workdir, workdir)
+  steps = complete_steps(workdir)
+  # Resumed for one more epoch: non-finite one step after the resume, or at the first save.
+  fill = dict(resumed_step_2=final_step + 2, save_step=(final_step // 4 + 1) * 4)
+  env_extra = {k: v.format(**fill) for k, v in env_extra.items()}
+  result = train(workdir, "--num_epochs=6", *extra, **env_extra)
+  lines = result.stderr.splitlines()
+  assert result.returncode == 1, result.stderr
+  assert "Traceback" not in result.stderr
+  assert re.match(r"jaxrec: error: " + message.format(**fill), lines[-1]), lines[-1]
+  assert "the last checkpoint before it is intact" in lines[-1]
+  assert all(INFO.match(line) for line in lines[:-1]), lines
+  assert complete_steps(workdir) == steps
+  assert leftovers(workdir) == []
+  assert_same_params(params_at(workdir, final_step), ref_params)

@@ -29,3 +29,15 @@ def exit_on_input_error(prog: str):
 
 class TrainingError(Exception):
   """Training cannot go on (e.g. a non-finite loss); the message says where and why."""
+
+
+def flags_parser(prog: str):
+  """An absl `flags_parser` for app.run: a bad flag is one stderr line and exit status 2."""
+  def parse(argv):
+    from absl import flags
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as e:
+      print(f"{prog}: error: {e}", file=sys.stderr)
+      sys.exit(EXIT_USAGE)
+  return parse

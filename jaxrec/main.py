@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxrec import console
 from jaxrec import data
-from jaxrec.errors import InputError, exit_on_input_error
+from jaxrec.errors import InputError, exit_on_input_error, flags_parser
 
 PROG = "jaxrec"
 
@@ -266,22 +266,13 @@ def main(argv) -> None:
   {"train": run_train, "eval": run_eval, "export": run_export}[FLAGS.mode](log)
 
 
-def parse_flags(argv):
-  """absl flag parsing, but a bad flag is one line on stderr and exit status 2."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    print(f"{PROG}: error: {e}", file=sys.stderr)
-    sys.exit(2)
-
-
 def run() -> None:
   def guarded(argv):
     if not FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # Orbax and JAX are chatty at INFO
     with exit_on_input_error(PROG):
       main(argv)
-  app.run(guarded, flags_parser=parse_flags)
+  app.run(guarded, flags_parser=flags_parser(PROG))
 
 
 if __name__ == "__main__":

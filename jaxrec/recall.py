@@ -24,10 +24,10 @@ import zipfile
 
 from absl import app
 from absl import flags
-from absl import logging
 import faiss
 import numpy as np
 
+from jaxrec import console
 from jaxrec import errors
 from jaxrec import fileio
 
@@ -250,7 +250,7 @@ def _single_query_scoring(index: faiss.Index, item_emb: np.ndarray) -> str:
     blas_scores, blas_ids = index.search(queries, k)
   if np.array_equal(scores, blas_scores) and np.array_equal(ids, blas_ids):
     return "blas"
-  logging.warning("%s: cannot tell how faiss %s scores one query; near-tied items "
+  console.info("%s: cannot tell how faiss %s scores one query; near-tied items "
                   "may be ordered unlike a one-user-at-a-time search",
                   PROG, faiss.__version__)
   return "simd"
@@ -382,7 +382,7 @@ def recall_top_n(user_emb: np.ndarray, item_emb: np.ndarray,
     config = IndexConfig(kind=index) if isinstance(index, str) else index
     faiss_index = build_index(item_emb, config)
     if config.kind != "flat":
-      logging.info("%s: built %s index over %d items in %.1f s", PROG, config.kind,
+      console.info("%s: built %s index over %d items in %.1f s", PROG, config.kind,
                    num_items, time.perf_counter() - start)
   exact = isinstance(faiss_index, faiss.IndexFlatIP)
   scoring = _single_query_scoring(faiss_index, item_emb) if exact else "index"
@@ -414,11 +414,11 @@ def recall_top_n(user_emb: np.ndarray, item_emb: np.ndarray,
     items_UxN[lo:hi], scores_UxN[lo:hi] = items, scores
     now = time.perf_counter()
     if now - last_log >= log_every_s and hi < num_users:
-      logging.info("%s: %d/%d users, %.0f users/s", PROG, hi, num_users,
+      console.info("%s: %d/%d users, %.0f users/s", PROG, hi, num_users,
                    hi / (now - start))
       last_log = now
   elapsed = time.perf_counter() - start
-  logging.info("%s: %d users x %d items in %.1f s (%.0f users/s, %s search)", PROG,
+  console.info("%s: %d users x %d items in %.1f s (%.0f users/s, %s search)", PROG,
                num_users, num_items, elapsed, num_users / max(elapsed, 1e-9),
                f"exact {scoring}" if exact else type(faiss_index).__name__)
   return items_UxN, scores_UxN
@@ -481,12 +481,16 @@ def _check_flags():
   out_dir = os.path.dirname(os.path.abspath(FLAGS.output))
   if not os.path.isdir(out_dir):
     raise errors.InputError(f"--output={FLAGS.output}: directory {out_dir} does not exist")
+  if os.path.isdir(FLAGS.output):
+    raise errors.InputError(f"--output={FLAGS.output}: is a directory")
+  if os.path.exists(FLAGS.output) and os.path.samefile(FLAGS.output, FLAGS.embeddings):
+    raise errors.InputError(f"--output={FLAGS.output}: is the --embeddings file; refusing to overwrite it")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   with errors.exit_on_input_error(PROG):
+    if len(argv) > 1:
+      raise errors.InputError(f"unexpected arguments {' '.join(argv[1:])!r} (flags need --)")
     _check_flags()
     if FLAGS.num_threads:
       faiss.omp_set_num_threads(FLAGS.num_threads)
@@ -510,4 +514,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=errors.flags_parser(PROG))

@@ -217,7 +217,7 @@ CASES = {
                                       ("--output={tmp}/no/out.tsv: directory {tmp}/no does not exist",),
                                       {"e.npz": emb()}, "jaxrec.recall"),
     "recall_output_is_directory": Case("--embeddings={tmp}/e.npz --output={tmp} --top_n=2",
-                                       ("cannot write {tmp}",), {"e.npz": emb()}, "jaxrec.recall"),
+                                       ("--output={tmp}: is a directory",), {"e.npz": emb()}, "jaxrec.recall"),
     "recall_output_is_the_embeddings": Case("--embeddings={tmp}/e.npz --output={tmp}/e.npz --top_n=2",
                                             ("--output={tmp}/e.npz",), {"e.npz": emb()}, "jaxrec.recall"),
     "recall_unknown_flag": Case(RECALL + " --topn=3", ("Unknown command line flag 'topn'",), {"e.npz": emb()},
@@ -227,12 +227,7 @@ CASES = {
 }
 
 # Known gaps of jaxrec.recall; strict, so a fix shows up as a failure asking to drop the mark.
-RECALL_GAPS = {
-    "recall_unknown_flag": "absl's default flag parser: exit 1 and two lines",
-    "recall_positional_argument": "app.UsageError prints the module docstring and flags, exit 1",
-    "recall_output_is_directory": "--output is checked only after the search, behind an INFO log line",
-    "recall_output_is_the_embeddings": "overwrites the --embeddings file with the recall lists",
-}
+RECALL_GAPS = {}  # recall cases known to fail (strict xfail); empty since recall was fixed
 
 
 def write_files(tmp_path, files: dict) -> None:

@@ -378,6 +378,11 @@ def train_and_evaluate(config: TrainConfig, split: data.Split, workdir: str) -> 
   console.info("%d training sequences, %d steps/epoch x %d epochs, global batch %d on %d device(s)",
                len(trainer.train_users), trainer.steps_per_epoch, config.num_epochs, trainer.rows,
                jax.device_count())
+  epoch_done, into_epoch = divmod(step, trainer.steps_per_epoch)
+  if (step and not into_epoch and config.eval_every_epochs and not progress.stopped
+      and epoch_done % config.eval_every_epochs == 0 and progress.validated_epoch < epoch_done):
+    # Killed after the epoch-end checkpoint but before its validation was recorded.
+    _validate(trainer, state, epoch_done, step, log, progress)
   try:
     with _StopSignal() as stop:
       state = _train_loop(trainer, state, step, log, progress, stop)
@@ -409,6 +414,7 @@ class _EvalProgress:
   best_epoch: int = -1
   bad_evals: int = 0
   stopped: bool = False
+  validated_epoch: int = 0  # the last epoch whose validation was recorded
 
   @classmethod
   def load(cls, workdir):
@@ -489,6 +495,7 @@ def _validate(trainer: Trainer, state, epoch: int, step: int, log: MetricsLog, p
   row = {"split": "valid", "epoch": epoch, "step": step, **result}
   log.record(row, "valid/")
   evaluate.print_table(row)
+  progress.validated_epoch = epoch
   if result["ndcg@10"] > progress.best_ndcg:
     progress.best_ndcg, progress.best_epoch, progress.bad_evals = result["ndcg@10"], epoch, 0
     checkpoints.save(trainer.best, step, state, force=True)

@@ -124,3 +124,15 @@ def test_export_then_recall_hit_rate_equals_test_hr(trained, tmp_path):
     hits = [LOG.item_ids[t] in recalled[LOG.user_ids[u]].split(",") for u, t in zip(SPLIT.eval_users, targets)]
     expected = evaluate.evaluate(params, config, SPLIT, "test", (top_n,))[f"hr@{top_n}"]
     assert np.mean(hits) == pytest.approx(expected, abs=1e-9)
+
+
+def test_resume_validates_an_epoch_killed_before_its_validation(tmp_path):
+  reference = train.train_and_evaluate(tiny_config(2), SPLIT, str(tmp_path / "ref"))
+  workdir = str(tmp_path / "work")
+  train.train_and_evaluate(tiny_config(1), SPLIT, workdir)
+  # Epoch 2 checkpointed but never validated, as when killed during its validation.
+  train.train_and_evaluate(tiny_config(2, eval_every_epochs=0), SPLIT, workdir)
+  assert [r["epoch"] for r in read_metrics(workdir) if r["split"] == "valid"] == [1]
+  result = train.train_and_evaluate(tiny_config(2), SPLIT, workdir)
+  assert [r["epoch"] for r in read_metrics(workdir) if r["split"] == "valid"] == [1, 2]
+  assert result == reference

@@ -82,8 +82,9 @@ def target_ranks(user_emb_UxD, item_emb_IxD, target_U, history_UxH, *,
   is checked here; `evaluate_ranks` checks on the host.
   """
   num_items = item_emb_IxD.shape[0]
-  block = min(item_block, num_items)
-  num_blocks = -(-num_items // block)
+  # Evenly sized blocks: the last one, slid back to end at I, then overlaps little.
+  num_blocks = -(-num_items // min(item_block, num_items))
+  block = -(-num_items // num_blocks)
   target_U = target_U.astype(jnp.int32)
   history_UxH = history_UxH.astype(jnp.int32)
   target_rows_UxD = item_emb_IxD[target_U]

@@ -60,11 +60,15 @@ class EncoderLayer(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, bias_Bx1xLxL, deterministic: bool):
+  def __call__(self, x_BxLxD, bias_Bx1xLxL, deterministic: bool, last_only: bool = False):
+    """[B, L, D], or [B, 1, D] for the last position only with `last_only` (user vectors)."""
     c = self.config
     init = nn.initializers.normal(c.initializer_range)
     dense = lambda size, name: nn.Dense(size, kernel_init=init, name=name)
-    q, k, v = (dense(c.hidden_size, name)(x_BxLxD) for name in ("query", "key", "value"))
+    k, v = (dense(c.hidden_size, name)(x_BxLxD) for name in ("key", "value"))
+    if last_only:  # keys and values still cover every position; queries only the last
+      x_BxLxD, bias_Bx1xLxL = x_BxLxD[:, -1:], bias_Bx1xLxL[:, :, -1:]
+    q = dense(c.hidden_size, "query")(x_BxLxD)
     use_dropout = not deterministic and c.attention_dropout_rate > 0
     rng = self.make_rng("dropout") if use_dropout else None
     context_BxLxD = attention.multi_head_attention(
@@ -100,16 +104,20 @@ class Seq2Seq(nn.Module):
     `item_vectors_BxLxD`, if given, replaces the item-table lookup of `input_ids_BxL`
     (row-sparse training looks items up in a gathered slice of the table).
     """
+    x_BxLxD = self.embed(input_ids_BxL, deterministic, item_vectors_BxLxD)
+    bias_Bx1xLxL = masks.attention_bias(input_ids_BxL)
+    for layer in self.layers:
+      x_BxLxD = layer(x_BxLxD, bias_Bx1xLxL, deterministic)
+    return x_BxLxD
+
+  def embed(self, input_ids_BxL, deterministic: bool, item_vectors_BxLxD=None) -> jnp.ndarray:
+    """[B, L, D]: item vectors + position embeddings (none on padding), then dropout."""
     real_BxLx1 = (input_ids_BxL != 0)[..., None]
     pos_BxLxD = self.position_embeddings(position_ids(input_ids_BxL, self.config.position_order))
     if item_vectors_BxLxD is None:
       item_vectors_BxLxD = self.item_embeddings(input_ids_BxL)
     x_BxLxD = item_vectors_BxLxD + jnp.where(real_BxLx1, pos_BxLxD, 0.0)
-    x_BxLxD = self.embedding_dropout(x_BxLxD, deterministic)
-    bias_Bx1xLxL = masks.attention_bias(input_ids_BxL)
-    for layer in self.layers:
-      x_BxLxD = layer(x_BxLxD, bias_Bx1xLxL, deterministic)
-    return x_BxLxD
+    return self.embedding_dropout(x_BxLxD, deterministic)
 
   def table_names(self) -> tuple:
     """Names of the item tables in the params: (input, output), the same name when tied."""
@@ -121,8 +129,15 @@ class Seq2Seq(nn.Module):
     return table.embedding
 
   def user_vectors(self, input_ids_BxL) -> jnp.ndarray:
-    """[B, D]: the output at the last position, the most recent real item (left padding)."""
-    return self.encode(input_ids_BxL, deterministic=True)[:, -1, :]
+    """[B, D]: the output at the last position, the most recent real item (left padding).
+
+    Equals encode(...)[:, -1]; the last layer computes only that position's query.
+    """
+    x_BxLxD = self.embed(input_ids_BxL, deterministic=True)
+    bias_Bx1xLxL = masks.attention_bias(input_ids_BxL)
+    for layer in self.layers[:-1]:
+      x_BxLxD = layer(x_BxLxD, bias_Bx1xLxL, True)
+    return self.layers[-1](x_BxLxD, bias_Bx1xLxL, True, last_only=True)[:, 0, :]
 
   def __call__(self, input_ids_BxL, label_BxL, deterministic: bool = True):
     """(seq_out [B, L, D], ids_emb [B, L, D]): the two sides of the lbm logits."""

@@ -448,6 +448,24 @@ def train_batch(split: Split, sampler: PopularitySampler, users: np.ndarray, bat
   }
 
 
+def split_by_length(batch: dict, short_length: int, long_rows: int) -> dict:
+  """Adds the rows of `batch` as two groups, for an encoder run at two padded lengths.
+
+  short_ids [B - C, S]: the B - C rows with the fewest real items, their last S slots
+  (S = short_length, or the full length L should one of them be longer);
+  long_ids [C, L]: the C longest rows; order [B]: the row of each, shortest first.
+  Outputs at real positions do not depend on padding, so this changes no result.
+  """
+  ids = batch["input_ids"]
+  rows, length = ids.shape
+  lengths = (ids != PAD).sum(axis=1)
+  order = np.argsort(lengths, kind="stable")
+  short = order[:rows - long_rows]
+  width = short_length if lengths[short].max(initial=0) <= short_length else length
+  return {**batch, "order": order.astype(np.int32), "short_ids": ids[short, length - width:],
+          "long_ids": ids[order[rows - long_rows:]]}
+
+
 def inference_inputs(log: ClickLog, ends: np.ndarray, users: np.ndarray, seq_length: int) -> np.ndarray:
   """[R, L] int32: each user's last L clicks before `ends`, left-padded (eval and export)."""
   return left_padded(log.items, log.indptr[users], ends, seq_length)

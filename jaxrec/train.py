@@ -63,6 +63,7 @@ class TrainConfig:
   bucket_lengths: tuple = ()  # padded lengths shorter than seq_length to batch short users at
   loss: LossConfig = LossConfig()
   sparse_embedding_updates: bool = False  # lazy Adam on the touched table rows only
+  short_length: int = 0  # run each batch's short rows at this padded length (same batches, same loss)
 
 
 @flax.struct.dataclass
@@ -117,17 +118,27 @@ def loss_fn(params, model: Seq2Seq, batch: dict, dropout_rng=None, loss: LossCon
   variables = {"params": params}
   in_name, out_name = model.table_names()
   if sparse is None:
-    in_vectors = None
     table = model.apply(variables, method=Seq2Seq.output_table)
+    lookup_in = lambda ids: None  # the model looks items up itself
     lookup = lambda ids: jnp.take(table, ids, axis=0)
   else:
     rows_K, tables = sparse
     local = lambda ids: jnp.searchsorted(rows_K, ids)
-    in_vectors = jnp.take(tables[in_name], local(batch["input_ids"]), axis=0)
+    lookup_in = lambda ids: jnp.take(tables[in_name], local(ids), axis=0)
     lookup = lambda ids: jnp.take(tables[out_name], local(ids), axis=0)
-  seq_out = model.apply(variables, batch["input_ids"], dropout_rng is None, in_vectors,
-                        rngs=None if dropout_rng is None else {"dropout": dropout_rng},
-                        method=Seq2Seq.encode)
+
+  def encode(ids_BxL, rng):
+    return model.apply(variables, ids_BxL, rng is None, lookup_in(ids_BxL),
+                       rngs=None if rng is None else {"dropout": rng}, method=Seq2Seq.encode)
+
+  if "order" in batch:  # split by length (data.split_by_length): two encoder runs, rows restored
+    rngs = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
+    short_BxSxD, long_BxLxD = encode(batch["short_ids"], rngs[0]), encode(batch["long_ids"], rngs[1])
+    pad = long_BxLxD.shape[1] - short_BxSxD.shape[1]
+    sorted_BxLxD = jnp.concatenate([jnp.pad(short_BxSxD, ((0, 0), (pad, 0), (0, 0))), long_BxLxD])
+    seq_out = sorted_BxLxD[jnp.argsort(batch["order"])]
+  else:
+    seq_out = encode(batch["input_ids"], dropout_rng)
   padding = masks.padding_mask(batch["input_ids"])
   if loss.kind == "full":
     return full_softmax_loss(seq_out, table, batch["label"], padding, batch["row_mask"])
@@ -212,11 +223,10 @@ def padded_batch_size(batch_size: int, num_devices: int) -> int:
 
 def to_global(batch: dict, sharding: NamedSharding) -> dict:
   """Host batch -> global arrays; each process sends only the rows of its own devices."""
-  rows = next(iter(batch.values())).shape[0]
-  per_process = rows // jax.process_count()
-  start = jax.process_index() * per_process
-  return {k: jax.make_array_from_process_local_data(sharding, v[start:start + per_process], v.shape)
-          for k, v in batch.items()}
+  def local(v):
+    per_process = v.shape[0] // jax.process_count()
+    return v[jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
+  return {k: jax.make_array_from_process_local_data(sharding, local(v), v.shape) for k, v in batch.items()}
 
 
 class Trainer:
@@ -238,11 +248,19 @@ class Trainer:
     input_lengths = np.minimum(split.train_end[self.train_users] - split.log.indptr[self.train_users] - 1,
                                config.model.seq_length)
     self.bucket_R = data.bucket_of(input_lengths, self.bucket_lengths)
+    self.rows = padded_batch_size(config.batch_size, jax.device_count())
+    self.long_rows = 0
+    if config.short_length:
+      # Room for the rows longer than short_length in nearly every batch (mean + 4 sd);
+      # a batch with more runs its short group at full length instead.
+      p = float(np.mean(input_lengths > config.short_length))
+      expected = config.batch_size * p + 4 * np.sqrt(config.batch_size * p * (1 - p)) + 1
+      devices = jax.device_count()
+      self.long_rows = int(min(self.rows - devices, -(-int(np.ceil(expected)) // devices) * devices))
     counts = np.bincount(self.bucket_R, minlength=len(self.bucket_lengths))
     self.steps_per_epoch = int(sum(-(-c // config.batch_size) for c in counts))
     self._epoch_batches = (None, None)
     self.total_steps = self.steps_per_epoch * config.num_epochs
-    self.rows = padded_batch_size(config.batch_size, jax.device_count())
     self.sampler = data.PopularitySampler(split.item_counts())
     self.tx, self.lr = make_optimizer(config, self.total_steps)
     if config.sparse_embedding_updates:
@@ -292,6 +310,8 @@ class Trainer:
     length = self.bucket_lengths[self.bucket_R[rows[0]]]
     host = data.train_batch(self.split, self.sampler, self.train_users[rows], self.rows, length,
                             self.config.seed, epoch, index)
+    if self.long_rows:
+      host = data.split_by_length(host, self.config.short_length, self.long_rows)
     return to_global(host, self.batch_sharding), len(rows)
 
 

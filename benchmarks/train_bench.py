@@ -48,6 +48,7 @@ class Sizes:
   num_layers: int = 2
   feed_forward_size: int = 256
   bucket_lengths: tuple = (8, 16, 32)
+  short_length: int = 16
   real_users: int = 0  # 0: every user of the real log
   batch_sweep: tuple = (64, 198, 512)
   seq_sweep: tuple = (20, 70, 140)
@@ -63,7 +64,7 @@ class Sizes:
 
 FULL = Sizes()
 # Compilation dominates at these sizes: few configurations, few distinct shapes.
-QUICK = Sizes(batch_size=32, seq_length=16, hidden_size=16, feed_forward_size=32, bucket_lengths=(8,),
+QUICK = Sizes(batch_size=32, seq_length=16, hidden_size=16, feed_forward_size=32, bucket_lengths=(8,), short_length=8,
               real_users=300, batch_sweep=(32,), seq_sweep=(16,), catalog_sweep=(500, 5_000),
               sweep_users=300, sweep_items=500, warmup_steps=1, timed_steps=3, optimizer_repeats=2,
               matmul_n=256, copy_bytes=1 << 22)
@@ -131,6 +132,7 @@ def _trainer(job, log, workdir):
   config = TrainConfig(model=model, batch_size=job["batch_size"], num_epochs=3, eval_every_epochs=0,
                        checkpoint_every_steps=10**9, log_every_steps=10**9,
                        bucket_lengths=tuple(job.get("bucket_lengths", ())),
+                       short_length=job.get("short_length", 0),
                        sparse_embedding_updates=job.get("sparse", False))
   return Trainer(config, data.leave_one_out(log), workdir)
 
@@ -190,7 +192,7 @@ def _real_job(job, compiles) -> dict:
       batch_s += time.perf_counter() - t
       state, metrics = trainer.train_step(state, batch)
       real_rows += rows
-      lengths.append(batch["input_ids"].shape[1])
+      lengths.append(_shape_key(batch))
     jax.block_until_ready((state, metrics))
     epoch1_s = time.perf_counter() - epoch1_start
 
@@ -211,9 +213,8 @@ def _real_job(job, compiles) -> dict:
     # number of steps per length, so the sums over an epoch are the same.
     flops_at = {}
     for batch in prebuilt:
-      length = batch["input_ids"].shape[1]
-      if length not in flops_at:
-        flops_at[length] = _step_flops(trainer, state, batch)
+      if _shape_key(batch) not in flops_at:
+        flops_at[_shape_key(batch)] = _step_flops(trainer, state, batch)
     flops = sum(flops_at[length] for length in lengths)
     c = trainer.config.model
     model = dict(hidden=c.hidden_size, layers=c.num_hidden_layers, feed_forward=c.feed_forward_size)
@@ -222,8 +223,15 @@ def _real_job(job, compiles) -> dict:
       ids_BxL = np.asarray(batch["input_ids"])
       n_B = (ids_BxL != 0).sum(axis=1)
       num_rows, length = ids_BxL.shape
-      computed = matmul_flops(n_B, num_rows, length, useful=False, **model)
-      useful_flops += flops_at[length] * matmul_flops(n_B, num_rows, length, useful=True, **model) / computed
+      if "short_ids" in batch:  # --short_length: two encoder groups (lbm counted per group)
+        order, width = np.asarray(batch["order"]), batch["short_ids"].shape[1]
+        short, long = order[:batch["short_ids"].shape[0]], order[batch["short_ids"].shape[0]:]
+        computed = (matmul_flops(n_B[short], len(short), width, useful=False, **model)
+                    + matmul_flops(n_B[long], len(long), length, useful=False, **model))
+      else:
+        computed = matmul_flops(n_B, num_rows, length, useful=False, **model)
+      useful_flops += (flops_at[_shape_key(batch)] * matmul_flops(n_B, num_rows, length, useful=True, **model)
+                       / computed)
       analytic += 3 * computed
       real_tokens += n_B.sum()
       padded_tokens += num_rows * length
@@ -238,6 +246,11 @@ def _real_job(job, compiles) -> dict:
           "useful_gflop_per_s": useful_flops / epoch1_s / 1e9, "xla_vs_analytic": flops / analytic,
           "real_token_share": real_tokens / padded_tokens, "loss": loss,
           "peak_rss_mib": common.peak_rss_mib()}
+
+
+def _shape_key(batch) -> tuple:
+  """The padded lengths a batch compiles for: (L,) or, split by length, (L, short width)."""
+  return tuple(batch[k].shape[1] for k in ("input_ids", "short_ids") if k in batch)
 
 
 def _sweep_job(job, compiles) -> dict:
@@ -348,6 +361,7 @@ def _model_job(sizes: Sizes, **overrides) -> dict:
 
 def real_section(sizes: Sizes, data_path: str, ceilings: dict) -> tuple[str, list]:
   configs = [("plain", {}),
+             (f"short_length {sizes.short_length}", {"short_length": sizes.short_length}),
              (f"buckets {sizes.bucket_lengths}", {"bucket_lengths": sizes.bucket_lengths}),
              (f"buckets + feed-forward {sizes.feed_forward_size}",
               {"bucket_lengths": sizes.bucket_lengths, "feed_forward_size": sizes.feed_forward_size})]
@@ -368,7 +382,7 @@ def real_section(sizes: Sizes, data_path: str, ceilings: dict) -> tuple[str, lis
       ("compilations by end of first epoch (s)", lambda r: f"{r['compiles_epoch0']} ({r['compile_s']:.1f} s)"),
       ("compilations after first epoch", lambda r: str(r["compiles_after"])),
       ("padded lengths (jit cache entries)",
-       lambda r: ", ".join(map(str, r["lengths"])) + f" ({r['cache_entries']})"),
+       lambda r: ", ".join("/".join(map(str, k)) for k in r["lengths"]) + f" ({r['cache_entries']})"),
       ("peak RSS MiB", lambda r: f"{r['peak_rss_mib']:.0f}"),
       ("GFLOP/step (XLA, mean)", lambda r: f"{r['gflop_per_step']:.2f}"),
       ("XLA FLOPs / 3x analytic matmul FLOPs", lambda r: f"{r['xla_vs_analytic']:.2f}"),

@@ -53,8 +53,8 @@ def ranking_rows(ceiling_gflops: float):
   indptr = np.concatenate([[0], np.cumsum(lengths)])
   history = metrics.padded_histories(indptr, rng.integers(1, items, indptr[-1]))
   floor_s = 2 * users * items * dim / (ceiling_gflops * 1e9)
-  block = min(FLAGS.item_block, items)
-  item_blocks = -(-items // block)
+  item_blocks = -(-items // min(FLAGS.item_block, items))  # evenly sized, as metrics.target_ranks
+  block = -(-items // item_blocks)
   rows, reference = [], None
   for size in map(int, FLAGS.block_sizes):
     def call(n=users):

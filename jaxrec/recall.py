@@ -88,7 +88,7 @@ class IndexConfig:
   ivf_nlist: int | None = None  # None: about 4*sqrt(I), at most I/39.
   ivf_nprobe: int = 32
   hnsw_m: int = 32
-  hnsw_ef_search: int = 128
+  hnsw_ef_search: int = 256
   hnsw_ef_construction: int = 40
 
 

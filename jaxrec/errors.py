@@ -1,4 +1,4 @@
-"""User-facing errors: one line, exit status 2, no traceback."""
+"""User-facing errors: one line on stderr, no traceback; exit 2 for bad input, 1 for failed training."""
 
 import contextlib
 import signal
@@ -9,6 +9,10 @@ EXIT_USAGE = 2
 
 class InputError(Exception):
   """Bad input data, flags or files. The message is one line naming the culprit."""
+
+
+class TrainingError(Exception):
+  """Training cannot go on (e.g. a non-finite loss); the message says where and why."""
 
 
 @contextlib.contextmanager
@@ -26,9 +30,6 @@ def exit_on_input_error(prog: str):
     print(f"{prog}: interrupted", file=sys.stderr)
     sys.exit(128 + signal.SIGINT)
 
-
-class TrainingError(Exception):
-  """Training cannot go on (e.g. a non-finite loss); the message says where and why."""
 
 
 def flags_parser(prog: str):

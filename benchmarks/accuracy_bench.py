@@ -70,6 +70,10 @@ def mean(values) -> float:
   return sum(values) / len(values) if values else float("nan")
 
 
+def _minutes(seconds: float) -> str:
+  return "-" if seconds != seconds else f"{seconds / 60:.1f}"  # NaN: reused, not timed
+
+
 def main(argv):
   flagfiles = argv[1:]
   if not flagfiles:
@@ -84,7 +88,7 @@ def main(argv):
       cells += [f"{mean(r['valid'][k] for r in runs):.4f}" for k in KEYS]
       cells += [f"{mean(r['test'][k] for r in runs):.4f}" for k in KEYS]
       cells += [f"{mean(r['valid']['epoch'] for r in runs):.0f} / {mean(r['epochs'] for r in runs):.0f}",
-                f"{mean(r['seconds'] for r in runs) / 60:.1f}"]
+                _minutes(mean(r["seconds"] for r in runs))]
       rows.append(cells)
     header = ["flagfile", "seeds"] + [f"valid {k}" for k in KEYS] + [f"test {k}" for k in KEYS] + \
              ["best / last epoch", "minutes"]

@@ -134,6 +134,8 @@ def loss_fn(params, model: Seq2Seq, batch: dict, dropout_rng=None, loss: LossCon
   if "order" in batch:  # split by length (data.split_by_length): two encoder runs, rows restored
     rngs = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
     short_BxSxD, long_BxLxD = encode(batch["short_ids"], rngs[0]), encode(batch["long_ids"], rngs[1])
+    if loss.kind == "full":  # rows are independent: score each group only at its own width
+      return _grouped_full_softmax_loss(batch, table, short_BxSxD, long_BxLxD)
     pad = long_BxLxD.shape[1] - short_BxSxD.shape[1]
     sorted_BxLxD = jnp.concatenate([jnp.pad(short_BxSxD, ((0, 0), (pad, 0), (0, 0))), long_BxLxD])
     seq_out = sorted_BxLxD[jnp.argsort(batch["order"])]
@@ -149,6 +151,25 @@ def loss_fn(params, model: Seq2Seq, batch: dict, dropout_rng=None, loss: LossCon
     hot_weight = hot_weight + jnp.log(jnp.float32(batch["label"].shape[0]))  # log(B p)
   return in_batch_softmax_loss(seq_out, lookup(batch["label"]), hot_weight, padding, batch["row_mask"],
                                batch["label"], loss.remove_accidental_hits, **extra)
+
+
+def _grouped_full_softmax_loss(batch: dict, table_IxD, short_BxSxD, long_BxLxD):
+  """full_softmax_loss of a batch split by length, from each group's own encoder output.
+
+  Equal to the loss of the whole batch, without scoring the catalog at the short rows'
+  padding slots.
+  """
+  order, num_short = batch["order"], short_BxSxD.shape[0]
+  padding_BxL = masks.padding_mask(batch["input_ids"])
+  total, count = 0.0, 0.0
+  for out, rows in ((short_BxSxD, order[:num_short]), (long_BxLxD, order[num_short:])):
+    last = out.shape[1]  # each group's rows keep their last `last` slots
+    label, padding = batch["label"][rows][:, -last:], padding_BxL[rows][:, -last:]
+    row_mask = batch["row_mask"][rows]
+    n = jnp.sum(padding * row_mask[:, None])
+    total += full_softmax_loss(out, table_IxD, label, padding, row_mask) * n
+    count += n
+  return total / jnp.maximum(count, 1.0)
 
 
 def train_step(state: TrainState, batch: dict, item_log_q_I, *, model: Seq2Seq, tx,

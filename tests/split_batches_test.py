@@ -4,6 +4,7 @@ import tempfile
 
 import jax
 import numpy as np
+import pytest
 
 from jaxrec import data
 from jaxrec import train
@@ -21,8 +22,9 @@ def trainer(short_length: int, loss: str = "inbatch") -> train.Trainer:
   return train.Trainer(config, SPLIT, tempfile.mkdtemp())
 
 
-def test_split_batches_train_like_whole_batches():
-  whole, split = trainer(0), trainer(6)
+@pytest.mark.parametrize("loss", ["inbatch", "full"])
+def test_split_batches_train_like_whole_batches(loss):
+  whole, split = trainer(0, loss), trainer(6, loss)
   assert 0 < split.long_rows < split.rows
   a, b = whole.init_state(), split.init_state()
   for index in range(4):

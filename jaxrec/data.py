@@ -466,6 +466,14 @@ def split_by_length(batch: dict, short_length: int, long_rows: int) -> dict:
           "long_ids": ids[order[rows - long_rows:]]}
 
 
+def clicks_before(log: ClickLog, users: np.ndarray, ends: np.ndarray):
+  """CSR (indptr [R+1], items) of each user's clicks from their first up to `ends` (exclusive)."""
+  starts = log.indptr[users]
+  lengths = ends - starts
+  indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+  return indptr, log.items[np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])]
+
+
 def inference_inputs(log: ClickLog, ends: np.ndarray, users: np.ndarray, seq_length: int) -> np.ndarray:
   """[R, L] int32: each user's last L clicks before `ends`, left-padded (eval and export)."""
   return left_padded(log.items, log.indptr[users], ends, seq_length)

@@ -67,11 +67,7 @@ def evaluate(params, config: ModelConfig, split: data.Split, which: str, ks=(10,
   ends, targets = split.eval_inputs(which)
   users = split.eval_users
   user_emb = user_vectors(params, config, log, users, ends, batch_size)
-  starts = log.indptr[users]
-  lengths = ends - starts
-  indptr = np.concatenate([[0], np.cumsum(lengths)])
-  indices = log.items[np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])]
-  history = metrics.padded_histories(indptr, indices)
+  history = metrics.padded_histories(*data.clicks_before(log, users, ends))
   ranks = metrics.evaluate_ranks(user_emb, item_table(params, config), targets, history)
   # Recall removes everything a user clicked, so a target clicked before can never be
   # recalled: count it as a miss, and offline HR@K equals the hit rate of real recall.

@@ -32,9 +32,7 @@ def export_embeddings(params, config: ModelConfig, log: data.ClickLog, path: str
   """
   ends = history_ends(log, until)
   users = np.arange(log.num_users)
-  lengths = ends - log.indptr[:-1]
-  indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-  visited = log.items[np.repeat(log.indptr[:-1] - indptr[:-1], lengths) + np.arange(indptr[-1])]
+  indptr, visited = data.clicks_before(log, users, ends)
   arrays = {
       "user_ids": log.user_ids.astype(str),
       "user_emb": evaluate.user_vectors(params, config, log, users, ends, batch_size),

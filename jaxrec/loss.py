@@ -17,7 +17,8 @@ def lbm_logits(seq_out_BxLxD, ids_emb_BxLxD, hot_weight_BxL) -> jnp.ndarray:
 
 def in_batch_softmax_loss(seq_out_BxLxD, ids_emb_BxLxD, hot_weight_BxL, padding_mask_BxL,
                           row_mask_B=None, label_BxL=None, remove_accidental_hits=False,
-                          extra_emb_NxD=None, extra_ids_N=None, extra_log_q_N=None) -> jnp.ndarray:
+                          extra_emb_NxD=None, extra_ids_N=None, extra_log_q_N=None,
+                          pos_log_q_BxL=None) -> jnp.ndarray:
   """Mean over real (row, position) slots of -log softmax(logits)[own label].
 
   `padding_mask_BxL` is 1 where the row has a real input item: only those slots count.
@@ -29,7 +30,12 @@ def in_batch_softmax_loss(seq_out_BxLxD, ids_emb_BxLxD, hot_weight_BxL, padding_
   - `remove_accidental_hits` (needs `label_BxL` and `extra_ids_N` if extras are given):
     a candidate whose item equals the row's own label at that position is dropped;
   - `extra_emb_NxD`/`extra_ids_N`/`extra_log_q_N`: N sampled items shared by the whole
-    batch, appended as candidates with their own logQ term (mixed negative sampling).
+    batch, appended as candidates with their own logQ term (mixed negative sampling);
+  - `pos_log_q_BxL`: the corrected logQ of Khrylchenko et al. (RecSys 2025), given log q
+    of each slot's own label (q = count / total). The positive logit is not corrected;
+    each negative's correction becomes log(q_j / (1 - q_pos)), i.e. its logit gains
+    log(1 - q_pos); each slot's loss is weighted by 1 - p_pos, p_pos the softmax
+    probability of the positive, with no gradient through the weight.
   """
   logits_LxBxM = lbm_logits(seq_out_BxLxD, ids_emb_BxLxD, hot_weight_BxL)
   mask_LxB = jnp.transpose(padding_mask_BxL)
@@ -49,8 +55,17 @@ def in_batch_softmax_loss(seq_out_BxLxD, ids_emb_BxLxD, hot_weight_BxL, padding_
       hit_LxBxN = jnp.transpose(label_BxL)[:, :, None] == extra_ids_N[None, None, :]
       extra_LxBxN = jnp.where(hit_LxBxN, _EXCLUDED, extra_LxBxN)
     logits_LxBxM = jnp.concatenate([logits_LxBxM, extra_LxBxN], axis=-1)
+  if pos_log_q_BxL is not None:
+    log_q_LxB = jnp.transpose(pos_log_q_BxL)
+    pos_LxB = pos_LxB + jnp.transpose(hot_weight_BxL)  # the positive, uncorrected
+    negatives_LxBxM = logits_LxBxM + jnp.log1p(-jnp.exp(log_q_LxB))[:, :, None]
+    own_LxBxM = jnp.eye(logits_LxBxM.shape[1], logits_LxBxM.shape[2], dtype=bool)[None]
+    logits_LxBxM = jnp.where(own_LxBxM, pos_LxB[:, :, None], negatives_LxBxM)
   lse_LxB = jax.nn.logsumexp(logits_LxBxM, axis=-1)
-  total = jnp.sum(jnp.where(mask_LxB > 0, lse_LxB - pos_LxB, 0.0))
+  nll_LxB = lse_LxB - pos_LxB
+  if pos_log_q_BxL is not None:
+    nll_LxB = nll_LxB * jax.lax.stop_gradient(-jnp.expm1(-nll_LxB))  # (1 - p_pos) nll
+  total = jnp.sum(jnp.where(mask_LxB > 0, nll_LxB, 0.0))
   return total / jnp.maximum(jnp.sum(mask_LxB), 1.0)
 
 

@@ -61,6 +61,9 @@ flags.DEFINE_bool("remove_accidental_hits", False, "Drop candidates equal to the
 flags.DEFINE_integer("num_negatives", 256, "--loss=mixed: sampled items per step.")
 flags.DEFINE_enum("negative_distribution", "uniform", ["uniform", "popularity"],
                   "--loss=mixed: how the extra items are drawn.")
+flags.DEFINE_enum("log_q", "standard", ["standard", "corrected"],
+                  "--loss=inbatch/mixed: standard logQ (SPEC: every candidate minus log q) or the "
+                  "corrected logQ of Khrylchenko et al. (RecSys 2025).")
 flags.DEFINE_bool("sparse_embedding_updates", False,
                   "Row-sparse (lazy) Adam on the item tables: each step updates only the rows its "
                   "batch touches, so step cost stops growing with the catalog (not with --loss=full).")
@@ -135,6 +138,8 @@ def check_flags() -> None:
     raise InputError(f"--short_length={FLAGS.short_length}: must be in [0, --seq_length)")
   if FLAGS.sparse_embedding_updates and FLAGS.loss == "full":
     raise InputError("--sparse_embedding_updates: does not combine with --loss=full, which reads every row")
+  if FLAGS.log_q == "corrected" and FLAGS.loss == "full":
+    raise InputError("--log_q=corrected: only for --loss=inbatch or mixed (the full softmax samples nothing)")
   if not 0 <= FLAGS.process_id < FLAGS.num_processes:
     raise InputError(f"--process_id={FLAGS.process_id}: must be in [0, --num_processes)")
   if FLAGS.num_processes > 1 and not FLAGS.coordinator_address:
@@ -174,7 +179,7 @@ def train_config(num_items: int):
                      sparse_embedding_updates=FLAGS.sparse_embedding_updates,
                      short_length=FLAGS.short_length,
                      loss=LossConfig(FLAGS.loss, FLAGS.remove_accidental_hits, FLAGS.num_negatives,
-                                     FLAGS.negative_distribution))
+                                     FLAGS.negative_distribution, FLAGS.log_q))
 
 
 def bucket_lengths() -> tuple:

@@ -38,6 +38,7 @@ class LossConfig:
   remove_accidental_hits: bool = False  # drop candidates equal to the row's own label
   num_negatives: int = 0  # mixed: items sampled per step, shared by the whole batch
   negative_distribution: str = "uniform"  # mixed: uniform | popularity
+  log_q: str = "standard"  # inbatch/mixed: standard (SPEC) | corrected (Khrylchenko et al. 2025)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +150,8 @@ def loss_fn(params, model: Seq2Seq, batch: dict, dropout_rng=None, loss: LossCon
     ids, log_q = negatives
     extra = {"extra_emb_NxD": lookup(ids), "extra_ids_N": ids, "extra_log_q_N": log_q}
     hot_weight = hot_weight + jnp.log(jnp.float32(batch["label"].shape[0]))  # log(B p)
+  if loss.log_q == "corrected":
+    extra["pos_log_q_BxL"] = batch["hot_weight"]
   return in_batch_softmax_loss(seq_out, lookup(batch["label"]), hot_weight, padding, batch["row_mask"],
                                batch["label"], loss.remove_accidental_hits, **extra)
 

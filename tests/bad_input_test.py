@@ -153,6 +153,8 @@ CASES = {
     "dropout_one": Case(SYN + " --dropout_rate=1", ("--dropout_rate=1.0: must be in [0, 1)",)),
     "eval_ks_not_integers": Case(SYN + " --eval_ks=10,x", ("--eval_ks=10,x: expected integers",)),
     "not_an_integer": Case(SYN + " --batch_size=abc", ("--batch_size=abc", "invalid literal for int()")),
+    "corrected_log_q_with_full_softmax": Case(SYN + " --loss=full --log_q=corrected",
+                                              ("--log_q=corrected: only for --loss=inbatch or mixed",)),
     "unknown_format": Case("--data_format=xml", ("--data_format=xml: value should be one of",)),
     "unknown_flag": Case(SYN + " --hiden_size=16", ("Unknown command line flag 'hiden_size'",)),
     "missing_flagfile": Case("--flagfile={tmp}/nope.flags", ("Unable to open flagfile", "{tmp}/nope.flags")),

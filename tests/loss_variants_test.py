@@ -29,26 +29,33 @@ def inputs(draw):
   return out, table, label, weight, mask, row_mask, extra_ids, extra_log_q
 
 
-def naive(out, table, label, weight, mask, row_mask, extra_ids=None, extra_log_q=None, hits=False):
-  """Double loop: -log softmax over the kept in-batch (and extra) candidates, float64."""
+def naive(out, table, label, weight, mask, row_mask, extra_ids=None, extra_log_q=None, hits=False,
+          pos_log_q=None):
+  """Double loop: -log softmax over the kept in-batch (and extra) candidates, float64.
+
+  With `pos_log_q` (corrected logQ): the positive is the raw score, each negative's
+  correction is log(q_j / (1 - q_pos)), and the slot's loss is weighted by 1 - p_pos.
+  """
   out, table, weight = (np.asarray(a, np.float64) for a in (out, table, weight))
   total, count = 0.0, 0
   for b in range(B):
     for l in range(L):
       if not (mask[b, l] and row_mask[b]):
         continue
-      pos = out[b, l] @ table[label[b, l]] - weight[b, l]
+      shift = 0.0 if pos_log_q is None else math.log(1.0 - math.exp(pos_log_q[b, l]))
+      pos = out[b, l] @ table[label[b, l]] - (weight[b, l] if pos_log_q is None else 0.0)
       logits = [pos]
       for m in range(B):
         if m == b or not row_mask[m] or (hits and label[m, l] == label[b, l]):
           continue
-        logits.append(out[b, l] @ table[label[m, l]] - weight[m, l])
+        logits.append(out[b, l] @ table[label[m, l]] - weight[m, l] + shift)
       if extra_ids is not None:
         for n, item in enumerate(extra_ids):
           if not (hits and item == label[b, l]):
-            logits.append(out[b, l] @ table[item] - extra_log_q[n])
+            logits.append(out[b, l] @ table[item] - extra_log_q[n] + shift)
       top = max(logits)
-      total += top + math.log(sum(math.exp(x - top) for x in logits)) - pos
+      nll = top + math.log(sum(math.exp(x - top) for x in logits)) - pos
+      total += nll if pos_log_q is None else (1.0 - math.exp(-nll)) * nll
       count += 1
   return total / count
 
@@ -64,6 +71,55 @@ def test_in_batch_variants_equal_loops(args, hits, mixed):
   want = naive(out, table, label, weight, mask, row_mask, extra_ids if mixed else None,
                extra_log_q if mixed else None, hits)
   np.testing.assert_allclose(float(got), want, rtol=2e-5, atol=2e-5)
+
+
+@settings(deadline=None, max_examples=25)
+@given(inputs(), st.booleans(), st.booleans(), st.floats(0.0, 2.0))
+def test_corrected_log_q_equals_loop(args, hits, mixed, log_b):
+  """--log_q=corrected, where the candidates' logQ may carry a log-scale (mixed: log B)."""
+  out, table, label, weight, mask, row_mask, extra_ids, extra_log_q = args
+  extra = {}
+  if mixed:
+    extra = {"extra_emb_NxD": table[extra_ids], "extra_ids_N": extra_ids, "extra_log_q_N": extra_log_q}
+  scaled = weight + np.float32(log_b)
+  got = jax.jit(loss.in_batch_softmax_loss, static_argnums=6)(
+      out, table[label], scaled, mask, row_mask, label, hits, **extra, pos_log_q_BxL=weight)
+  want = naive(out, table, label, scaled, mask, row_mask, extra_ids if mixed else None,
+               extra_log_q if mixed else None, hits, pos_log_q=weight)
+  np.testing.assert_allclose(float(got), want, rtol=2e-5, atol=2e-5)
+
+
+def test_corrected_log_q_weight_has_no_gradient():
+  """The gradient is (1 - p_pos) times the plain softmax gradient of the corrected logits."""
+  rng = np.random.default_rng(1)
+  out = rng.normal(size=(B, L, D))
+  emb = rng.normal(size=(B, L, D))
+  weight = np.log(rng.uniform(1e-3, 0.5, (B, L)))
+  mask = np.ones((B, L))
+  with jax.enable_x64():
+    f = lambda o: loss.in_batch_softmax_loss(o, emb, weight, mask, pos_log_q_BxL=weight)
+    got = jax.grad(f)(out)
+  # Reference: finite differences of the same loss with the weight frozen at `out`.
+  nll = np.zeros((B, L))
+  def frozen(o, w_BxL):
+    total = 0.0
+    for b in range(B):
+      for l in range(L):
+        shift = math.log(1.0 - math.exp(weight[b, l]))
+        logits = [o[b, l] @ emb[b, l]] + [o[b, l] @ emb[m, l] - weight[m, l] + shift for m in range(B) if m != b]
+        top = max(logits)
+        nll[b, l] = top + math.log(sum(math.exp(x - top) for x in logits)) - logits[0]
+        total += w_BxL[b, l] * nll[b, l]
+    return total / (B * L)
+  frozen(out, np.ones((B, L)))
+  w = 1.0 - np.exp(-nll)
+  eps, want = 1e-6, np.zeros_like(out)
+  for idx in np.ndindex(out.shape):
+    up, down = out.copy(), out.copy()
+    up[idx] += eps
+    down[idx] -= eps
+    want[idx] = (frozen(up, w) - frozen(down, w)) / (2 * eps)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-8)
 
 
 @settings(deadline=None, max_examples=20)

@@ -41,6 +41,17 @@ def copy_gbytes_per_s(nbytes: int = 1 << 28, repeats: int = 3) -> float:
   return 2 * nbytes / best / 1e9
 
 
+def jax_copy_gbytes_per_s(nbytes: int = 1 << 30, repeats: int = 3) -> float:
+  """Memory bandwidth ceiling of the default device: a jitted array copy (read + write), in GB/s."""
+  import jax
+  import jax.numpy as jnp
+  x = jnp.ones(nbytes // 4, jnp.float32)
+  f = jax.jit(lambda v: v * 1.0001)
+  f(x).block_until_ready()
+  best = min(_timed(lambda: f(x).block_until_ready()) for _ in range(repeats))
+  return 2 * nbytes / best / 1e9
+
+
 def _timed(fn) -> float:
   start = time.perf_counter()
   fn()

@@ -35,6 +35,9 @@ flags.DEFINE_string("markdown_out", None, "File whose `train` section gets the t
                     "Default: BENCHMARKS.md, or none with --quick.")
 flags.DEFINE_string("plot_out", None, "PNG of the sweeps; '' draws none. Default: "
                     "benchmarks/train_throughput.png, or none with --quick.")
+flags.DEFINE_list("sections", ["real", "sweeps"], "What to measure: real (the real log at SPEC sizes), "
+                  "sweeps (batch size, seq_length, catalog size).")
+flags.DEFINE_string("section_name", "train", "Name of the BENCHMARKS.md section to write, e.g. train_gpu.")
 flags.DEFINE_string("worker_job", None, "Internal: run one measurement (JSON) in this process.")
 
 
@@ -311,9 +314,13 @@ def _optimizer_ms(trainer, state, repeats: int) -> float:
 
 
 def _ceilings_job(job) -> dict:
+  """On CPU: XLA matmul and a numpy copy; on an accelerator: a larger matmul and a device copy."""
   import jax
-  return {"matmul_gflops": common.jax_matmul_gflops(job["matmul_n"]),
-          "copy_gbytes_per_s": common.copy_gbytes_per_s(job["copy_bytes"]),
+  on_cpu = jax.default_backend() == "cpu"
+  return {"matmul_gflops": common.jax_matmul_gflops(job["matmul_n"] if on_cpu else 8192),
+          "copy_gbytes_per_s": (common.copy_gbytes_per_s(job["copy_bytes"]) if on_cpu
+                                else common.jax_copy_gbytes_per_s(1 << 30)),
+          "matmul_n": job["matmul_n"] if on_cpu else 8192, "copy": "numpy" if on_cpu else "device",
           "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}", "jax": jax.__version__}
 
 
@@ -511,15 +518,19 @@ def main(argv):
     data_path = ""
   _progress("train_bench: ceilings")
   ceilings = _run_child({"kind": "ceilings", "matmul_n": sizes.matmul_n, "copy_bytes": sizes.copy_bytes})
-  real_text, _ = real_section(sizes, data_path, ceilings)
-  sweep_text, sweeps = sweep_section(sizes, ceilings)
-  plotted = bool(plot_out) and plot(sizes, sweeps, plot_out)
+  unknown = set(FLAGS.sections) - {"real", "sweeps"}
+  if unknown:
+    raise app.UsageError(f"--sections: unknown {sorted(unknown)} (choose from real, sweeps)")
+  real_text = real_section(sizes, data_path, ceilings)[0] if "real" in FLAGS.sections else ""
+  sweep_text, sweeps = sweep_section(sizes, ceilings) if "sweeps" in FLAGS.sections else ("", None)
+  plotted = bool(plot_out) and sweeps is not None and plot(sizes, sweeps, plot_out)
   parts = [
       "## Training throughput", "",
       f"`{common.command_line('benchmarks.train_bench')}`" + (" (smoke-test sizes)" if FLAGS.quick else ""),
       f"Machine: {common.machine_line()}; {ceilings['device']}, jax {ceilings['jax']}.",
-      f"Ceilings, this run: XLA float32 {sizes.matmul_n}^3 matmul {ceilings['matmul_gflops']:.1f} GFLOP/s; "
-      f"numpy copy {ceilings['copy_gbytes_per_s']:.1f} GB/s (read + write).",
+      f"Ceilings, this run: XLA float32 {ceilings['matmul_n']}^3 matmul (default precision) "
+      f"{ceilings['matmul_gflops']:,.1f} GFLOP/s; {ceilings['copy']} copy {ceilings['copy_gbytes_per_s']:,.1f} GB/s "
+      "(read + write).",
       "GFLOP/s done: XLA's `cost_analysis()['flops']` of the compiled step at each padded length, summed "
       "over the epoch's steps, over the epoch's time. Useful: each step's count scaled by its real share "
       "(tokens for dense, feed-forward and lbm; sum n_r^2 vs L^2 for attention; see `matmul_flops`).",
@@ -530,7 +541,7 @@ def main(argv):
   markdown = "\n".join(parts)
   print(markdown)
   if markdown_out:
-    common.update_section("train", markdown, markdown_out)
+    common.update_section(FLAGS.section_name, markdown, markdown_out)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,11 @@ flags.DEFINE_integer("eval_every_epochs", 1, "Validate every N epochs; 0: never.
 flags.DEFINE_list("eval_ks", ["10", "20", "50"], "Cut-offs K of HR@K and NDCG@K.")
 flags.DEFINE_integer("eval_batch_size", 1024, "Users per evaluation block.")
 flags.DEFINE_integer("patience", 0, "Stop after this many validations without a better NDCG@10; 0: never.")
-flags.DEFINE_integer("checkpoint_step", None, "--mode=eval/export: checkpoint step (default: latest).")
+flags.DEFINE_enum("checkpoints", "latest", ["latest", "best"],
+                  "--mode=eval/export: read the latest checkpoints (for resuming) or the best on "
+                  "validation NDCG@10 (the model training selected).")
+flags.DEFINE_integer("checkpoint_step", None, "--mode=eval/export: checkpoint step (default: the newest of "
+                     "--checkpoints).")
 flags.DEFINE_enum("export_until", "none", ["none", "test"],
                   "none: user vectors from the whole history; test: from the clicks before the test item.")
 flags.DEFINE_string("output", "", "--mode=export: output path (default <workdir>/embeddings.npz).")
@@ -232,7 +236,8 @@ def trained_params(log: data.ClickLog):
   if config.num_items != log.num_items:
     raise InputError(f"--data_path={FLAGS.data_path}: {log.num_items - 1} items, but the model in "
                      f"--workdir={FLAGS.workdir} was trained on {config.num_items - 1}")
-  mgr = checkpoints.manager(FLAGS.workdir, writer=False)
+  which = checkpoints.BEST if FLAGS.checkpoints == "best" else checkpoints.LATEST
+  mgr = checkpoints.manager(FLAGS.workdir, which, writer=False)
   if not mgr.all_steps():
     raise InputError(f"--workdir={FLAGS.workdir}: no checkpoints in {mgr.directory} yet")
   step = FLAGS.checkpoint_step if FLAGS.checkpoint_step is not None else mgr.latest_step()

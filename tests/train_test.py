@@ -136,3 +136,25 @@ def test_resume_validates_an_epoch_killed_before_its_validation(tmp_path):
   result = train.train_and_evaluate(tiny_config(2), SPLIT, workdir)
   assert [r["epoch"] for r in read_metrics(workdir) if r["split"] == "valid"] == [1, 2]
   assert result == reference
+
+
+def test_cli_eval_of_best_checkpoints_reproduces_the_test_row(tmp_path):
+  """`--mode=eval --checkpoints=best` evaluates the model training selected, not the last one."""
+  workdir = str(tmp_path / "wd")
+  args = [sys.executable, "-m", "jaxrec.main", "--data_format=synthetic", "--synthetic_users=300",
+          "--synthetic_items=100", "--seq_length=10", "--hidden_size=16", "--batch_size=32", "--num_epochs=6",
+          "--learning_rate=0.3", "--checkpoint_every_steps=1000", f"--workdir={workdir}"]
+  subprocess.run(args, check=True, capture_output=True)
+  rows = read_metrics(workdir)
+  valid = [r for r in rows if r["split"] == "valid"]
+  best = max(valid, key=lambda r: r["ndcg@10"])
+  assert best["step"] != valid[-1]["step"], valid  # too high a learning rate: the best comes early
+  for which, step in (("best", best["step"]), ("latest", valid[-1]["step"])):
+    subprocess.run(args + ["--mode=eval", f"--checkpoints={which}"], check=True, capture_output=True)
+    evaluated = [r for r in read_metrics(workdir) if r.get("mode") == "eval"][-2:]
+    assert [r["step"] for r in evaluated] == [step, step]
+    want = best if which == "best" else valid[-1]
+    assert evaluated[0]["ndcg@10"] == pytest.approx(want["ndcg@10"], abs=1e-6)
+  test = [r for r in rows if r["split"] == "test" and "mode" not in r][-1]
+  evaluated_best = [r for r in read_metrics(workdir) if r.get("mode") == "eval" and r["split"] == "test"][0]
+  assert evaluated_best["ndcg@10"] == pytest.approx(test["ndcg@10"], abs=1e-6)

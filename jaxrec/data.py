@@ -383,10 +383,28 @@ class PopularitySampler:
     self.cdf = np.cumsum(counts) / total
     with np.errstate(divide="ignore"):
       self.log_q = np.log(counts / total).astype(np.float32)
+    # A guide table: bin j of [0, 1) in `bins` equal bins starts its search at guide[j - 1]
+    # and ends it at guide[j + 2] (a bin wider each side, against rounding in j = u * bins).
+    # A plain searchsorted of random queries over a large CDF is cache-bound (2.4 ms for a
+    # SPEC batch on 12k items); a few vectorised bisection rounds over short ranges are not.
+    last = len(self.cdf) - 1
+    self._bins = 2 * len(self.cdf)
+    edges = np.searchsorted(self.cdf, np.arange(self._bins + 1) / self._bins, side="right")
+    self._guide = np.minimum(np.concatenate([[0], edges, [last, last]]), last).astype(np.int32)
+    self._rounds = int(np.ceil(np.log2(np.max(self._guide[3:] - self._guide[:-3]) + 1)))
 
   def sample(self, rng: np.random.Generator, shape) -> np.ndarray:
-    u = rng.random(shape)
-    return np.minimum(np.searchsorted(self.cdf, u, side="right"), len(self.cdf) - 1).astype(np.int32)
+    """Items i with cdf[i-1] <= u < cdf[i] for u ~ U[0, 1): exactly
+    min(searchsorted(cdf, u, side="right"), I - 1), found inside each u's guide range."""
+    u = rng.random(shape).ravel()
+    j = np.minimum((u * self._bins).astype(np.int64), self._bins - 1)
+    lo, hi = self._guide[j], self._guide[j + 3]  # guide is shifted by one: guide[j] is bin j - 1's start
+    for _ in range(self._rounds):
+      mid = (lo + hi) >> 1
+      right = self.cdf[mid] <= u
+      lo = np.where(right, mid + 1, lo)
+      hi = np.where(right, hi, mid)
+    return lo.reshape(shape)
 
 
 def epoch_order(num_rows: int, seed: int, epoch: int) -> np.ndarray:

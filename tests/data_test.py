@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jaxrec import data
 from jaxrec.errors import InputError
@@ -124,6 +126,22 @@ def test_negatives_follow_popularity():
   sampler = data.PopularitySampler(counts)
   draws = sampler.sample(np.random.default_rng(0), (60000,))
   np.testing.assert_allclose(np.bincount(draws, minlength=4) / len(draws), counts / 10, atol=0.01)
+
+
+@settings(deadline=None, max_examples=50)
+@given(st.lists(st.integers(0, 10**6), min_size=2, max_size=300), st.integers(0, 2**32 - 1))
+def test_guided_sampling_equals_a_plain_cdf_search(counts, seed):
+  """The guide-table search returns exactly what searchsorted over the whole CDF returns."""
+  counts = np.array([0] + counts)
+  if counts.sum() == 0:
+    counts[-1] = 1
+  sampler = data.PopularitySampler(counts)
+  u = np.random.default_rng(seed).random((7, 50))
+  want = np.minimum(np.searchsorted(sampler.cdf, u, side="right"), len(counts) - 1)
+  got = sampler.sample(np.random.default_rng(seed), (7, 50))
+  assert got.dtype == np.int32
+  np.testing.assert_array_equal(got, want)
+  assert counts[got].min() > 0  # never an item nobody clicked
 
 
 def test_epoch_order_is_a_pure_function_of_seed_and_epoch():

@@ -69,15 +69,26 @@ def in_batch_softmax_loss(seq_out_BxLxD, ids_emb_BxLxD, hot_weight_BxL, padding_
   return total / jnp.maximum(jnp.sum(mask_LxB), 1.0)
 
 
-def full_softmax_loss(seq_out_BxLxD, table_IxD, label_BxL, padding_mask_BxL, row_mask_B=None) -> jnp.ndarray:
+def full_softmax_loss(seq_out_BxLxD, table_IxD, label_BxL, padding_mask_BxL, row_mask_B=None,
+                      capacity: int = 0) -> jnp.ndarray:
   """Mean over real slots of -log softmax over the whole catalog (item 0 excluded) [own label].
 
-  Exact cross-entropy, no sampling and no logQ; costs B*L*I*D per step, so only for
-  catalogs that fit.
+  Exact cross-entropy, no sampling and no logQ; costs (scored slots) * I * D per step, so
+  only for catalogs that fit. `capacity` > 0 scores only the real slots, gathered into a
+  static [capacity] buffer (padding is most of a batch of real logs); it must be at least
+  the batch's number of real slots, else the loss is NaN (no slot is silently dropped).
   """
-  logits_BxLxI = jnp.einsum("bld,id->bli", seq_out_BxLxD, table_IxD)
-  logits_BxLxI = logits_BxLxI.at[..., 0].set(_EXCLUDED)
-  pos_BxL = jnp.take_along_axis(logits_BxLxI, label_BxL[..., None], axis=-1)[..., 0]
   mask_BxL = padding_mask_BxL if row_mask_B is None else padding_mask_BxL * row_mask_B[:, None]
-  nll_BxL = jax.nn.logsumexp(logits_BxLxI, axis=-1) - pos_BxL
-  return jnp.sum(jnp.where(mask_BxL > 0, nll_BxL, 0.0)) / jnp.maximum(jnp.sum(mask_BxL), 1.0)
+  out_TxD, label_T, mask_T = (seq_out_BxLxD.reshape(-1, seq_out_BxLxD.shape[-1]), label_BxL.reshape(-1),
+                              mask_BxL.reshape(-1))
+  count = jnp.sum(mask_T > 0)
+  if capacity:
+    (slots_C,) = jnp.nonzero(mask_T > 0, size=capacity, fill_value=0)
+    out_TxD, label_T = out_TxD[slots_C], label_T[slots_C]
+    mask_T = (jnp.arange(capacity) < count).astype(mask_BxL.dtype)
+  logits_TxI = jnp.einsum("td,id->ti", out_TxD, table_IxD)
+  logits_TxI = logits_TxI.at[:, 0].set(_EXCLUDED)
+  pos_T = jnp.take_along_axis(logits_TxI, label_T[:, None], axis=-1)[:, 0]
+  nll_T = jax.nn.logsumexp(logits_TxI, axis=-1) - pos_T
+  loss = jnp.sum(jnp.where(mask_T > 0, nll_T, 0.0)) / jnp.maximum(count, 1)
+  return jnp.where(count > capacity, jnp.nan, loss) if capacity else loss

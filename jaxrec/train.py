@@ -39,6 +39,7 @@ class LossConfig:
   num_negatives: int = 0  # mixed: items sampled per step, shared by the whole batch
   negative_distribution: str = "uniform"  # mixed: uniform | popularity
   log_q: str = "standard"  # inbatch/mixed: standard (SPEC) | corrected (Khrylchenko et al. 2025)
+  full_slots: int = 0  # full: score only real slots, at most this many per batch (0: every slot)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,8 +136,6 @@ def loss_fn(params, model: Seq2Seq, batch: dict, dropout_rng=None, loss: LossCon
   if "order" in batch:  # split by length (data.split_by_length): two encoder runs, rows restored
     rngs = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
     short_BxSxD, long_BxLxD = encode(batch["short_ids"], rngs[0]), encode(batch["long_ids"], rngs[1])
-    if loss.kind == "full":  # rows are independent: score each group only at its own width
-      return _grouped_full_softmax_loss(batch, table, short_BxSxD, long_BxLxD)
     pad = long_BxLxD.shape[1] - short_BxSxD.shape[1]
     sorted_BxLxD = jnp.concatenate([jnp.pad(short_BxSxD, ((0, 0), (pad, 0), (0, 0))), long_BxLxD])
     seq_out = sorted_BxLxD[jnp.argsort(batch["order"])]
@@ -144,7 +143,7 @@ def loss_fn(params, model: Seq2Seq, batch: dict, dropout_rng=None, loss: LossCon
     seq_out = encode(batch["input_ids"], dropout_rng)
   padding = masks.padding_mask(batch["input_ids"])
   if loss.kind == "full":
-    return full_softmax_loss(seq_out, table, batch["label"], padding, batch["row_mask"])
+    return full_softmax_loss(seq_out, table, batch["label"], padding, batch["row_mask"], loss.full_slots)
   hot_weight, extra = batch["hot_weight"], {}
   if loss.kind == "mixed":
     ids, log_q = negatives
@@ -154,25 +153,6 @@ def loss_fn(params, model: Seq2Seq, batch: dict, dropout_rng=None, loss: LossCon
     extra["pos_log_q_BxL"] = batch["hot_weight"]
   return in_batch_softmax_loss(seq_out, lookup(batch["label"]), hot_weight, padding, batch["row_mask"],
                                batch["label"], loss.remove_accidental_hits, **extra)
-
-
-def _grouped_full_softmax_loss(batch: dict, table_IxD, short_BxSxD, long_BxLxD):
-  """full_softmax_loss of a batch split by length, from each group's own encoder output.
-
-  Equal to the loss of the whole batch, without scoring the catalog at the short rows'
-  padding slots.
-  """
-  order, num_short = batch["order"], short_BxSxD.shape[0]
-  padding_BxL = masks.padding_mask(batch["input_ids"])
-  total, count = 0.0, 0.0
-  for out, rows in ((short_BxSxD, order[:num_short]), (long_BxLxD, order[num_short:])):
-    last = out.shape[1]  # each group's rows keep their last `last` slots
-    label, padding = batch["label"][rows][:, -last:], padding_BxL[rows][:, -last:]
-    row_mask = batch["row_mask"][rows]
-    n = jnp.sum(padding * row_mask[:, None])
-    total += full_softmax_loss(out, table_IxD, label, padding, row_mask) * n
-    count += n
-  return total / jnp.maximum(count, 1.0)
 
 
 def train_step(state: TrainState, batch: dict, item_log_q_I, *, model: Seq2Seq, tx,
@@ -289,6 +269,13 @@ class Trainer:
     self.total_steps = self.steps_per_epoch * config.num_epochs
     self.sampler = data.PopularitySampler(split.item_counts())
     self.tx, self.lr = make_optimizer(config, self.total_steps)
+    if config.loss.kind == "full" and not config.loss.full_slots:
+      # The catalog is scored only at real slots: room for the most any batch of this run has.
+      most = max(int(input_lengths[rows].sum()) for epoch in range(config.num_epochs)
+                 for rows in data.epoch_batches(self.bucket_R, len(self.bucket_lengths), config.batch_size,
+                                                config.seed, epoch))
+      slots = min(-(-most // 128) * 128, self.rows * config.model.seq_length)
+      config = self.config = dataclasses.replace(config, loss=dataclasses.replace(config.loss, full_slots=slots))
     if config.sparse_embedding_updates:
       step = functools.partial(sparse_train_step, model=self.model, tx=self.tx, lr=self.lr,
                                b2=config.adam_b2, loss=config.loss)

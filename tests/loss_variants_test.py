@@ -139,6 +139,22 @@ def test_full_softmax_equals_loop(args):
   np.testing.assert_allclose(float(got), total / count, rtol=2e-5, atol=2e-5)
 
 
+@settings(deadline=None, max_examples=20)
+@given(inputs(), st.integers(0, 3))
+def test_full_softmax_over_gathered_real_slots(args, spare):
+  """Scoring only the real slots (static capacity) equals scoring every slot; too small a
+  capacity gives NaN rather than a loss over part of the batch."""
+  out, table, label, _, mask, row_mask, _, _ = args
+  count = int(np.sum(mask * row_mask[:, None] > 0))
+  want = loss.full_softmax_loss(out, table, label, mask, row_mask)
+  fn = jax.jit(loss.full_softmax_loss, static_argnums=5)
+  np.testing.assert_allclose(float(fn(out, table, label, mask, row_mask, count + spare)), float(want), rtol=1e-6)
+  grad = lambda capacity: jax.grad(lambda o: loss.full_softmax_loss(o, table, label, mask, row_mask, capacity))(out)
+  np.testing.assert_allclose(np.asarray(grad(count + spare)), np.asarray(grad(0)), rtol=1e-5, atol=1e-7)
+  if count > 1:
+    assert np.isnan(float(fn(out, table, label, mask, row_mask, count - 1)))
+
+
 def test_no_hits_to_remove_changes_nothing():
   rng = np.random.default_rng(0)
   out = rng.normal(size=(B, L, D)).astype(np.float32)

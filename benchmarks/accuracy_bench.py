@@ -25,6 +25,7 @@ flags.DEFINE_bool("reuse", False, "Read workdirs that already hold test metrics 
 flags.DEFINE_string("root", "runs/accuracy", "Where the workdirs go.")
 flags.DEFINE_string("plot_out", "benchmarks/accuracy_valid_ndcg.png", "PNG plot path ('' for none).")
 flags.DEFINE_string("markdown_out", common.BENCHMARKS_MD, "Markdown file to update ('' for none).")
+flags.DEFINE_string("section_name", "accuracy", "Name of the BENCHMARKS.md section to write.")
 FLAGS = flags.FLAGS
 
 KEYS = ("hr@10", "ndcg@10", "hr@20", "ndcg@20")
@@ -88,10 +89,11 @@ def main(argv):
       cells += [f"{mean(r['valid'][k] for r in runs):.4f}" for k in KEYS]
       cells += [f"{mean(r['test'][k] for r in runs):.4f}" for k in KEYS]
       cells += [f"{mean(r['valid']['epoch'] for r in runs):.0f} / {mean(r['epochs'] for r in runs):.0f}",
-                _minutes(mean(r["seconds"] for r in runs))]
+                _minutes(mean(r["seconds"] for r in runs)),
+                ", ".join(f"{r['test']['ndcg@10']:.4f}" for r in runs)]
       rows.append(cells)
     header = ["flagfile", "seeds"] + [f"valid {k}" for k in KEYS] + [f"test {k}" for k in KEYS] + \
-             ["best / last epoch", "minutes"]
+             ["best / last epoch", "minutes", "test ndcg@10 per seed"]
     sections.append(f"**{dataset}**\n\n" + common.markdown_table(header, rows))
   body = "\n\n".join(sections)
   print(body)
@@ -100,7 +102,7 @@ def main(argv):
             "Test metrics are those of the checkpoint with the best validation NDCG@10; each cell is "
             "the mean over the seeds; minutes are wall time of a whole run (training with validation "
             "every epoch, then test).\n\n" + body)
-    common.update_section("accuracy", text, FLAGS.markdown_out)
+    common.update_section(FLAGS.section_name, text, FLAGS.markdown_out)
   if FLAGS.plot_out:
     _plot(results, FLAGS.plot_out)
 

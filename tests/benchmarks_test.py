@@ -4,9 +4,12 @@ Nothing here checks a timing. BENCHMARKS.md and the plot go to a temporary direc
 """
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,3 +54,30 @@ def test_eval_bench_small(tmp_path):
   assert len(table_row(out, "1-30 clicks")) == 6  # the model part
   assert len(table_row(out, "140 clicks (all at L=70)")) == 6
   assert "<!-- eval:begin -->" in markdown.read_text()
+
+
+def test_accuracy_bench_tables_the_runs_it_made(tmp_path):
+  """Two seeds of a tiny flagfile: the table's means and per-seed cells are those runs' test rows."""
+  flagfile = tmp_path / "tiny.flags"
+  flagfile.write_text("--data_format=synthetic\n--synthetic_users=300\n--synthetic_items=80\n--seq_length=10\n"
+                      "--hidden_size=16\n--batch_size=64\n--num_epochs=2\n--learning_rate=0.01\n")
+  markdown = tmp_path / "BENCHMARKS.md"
+  root = tmp_path / "runs"
+  out = run_module("benchmarks.accuracy_bench", str(flagfile), "--seeds=0,1", f"--root={root}",
+                   f"--markdown_out={markdown}", "--section_name=acc", "--plot_out=")
+  tests = []
+  for seed in (0, 1):
+    with open(root / f"tiny_s{seed}" / "metrics.jsonl") as f:
+      rows = [json.loads(line) for line in f]
+    tests.append([r for r in rows if r["split"] == "test"][-1]["ndcg@10"])
+  assert tests[0] != tests[1]  # the seeds really differ
+  cells = table_row(out, "`tiny`")
+  assert cells[0] == "2"
+  assert float(cells[6]) == pytest.approx(sum(tests) / 2, abs=1e-4)  # test ndcg@10, the mean
+  assert cells[-1] == ", ".join(f"{t:.4f}" for t in tests)
+  assert "<!-- acc:begin -->" in markdown.read_text()
+  again = run_module("benchmarks.accuracy_bench", str(flagfile), "--seeds=0,1", f"--root={root}", "--reuse",
+                     "--markdown_out=", "--plot_out=")
+  reread = table_row(again, "`tiny`")
+  assert reread[:-2] + reread[-1:] == cells[:-2] + cells[-1:]  # read back, not retrained
+  assert reread[-2] == "-"  # reused runs have no minutes

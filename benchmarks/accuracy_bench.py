@@ -6,7 +6,7 @@ r"""Accuracy of experiment flagfiles: train each (per seed), report validation a
 Each flagfile runs as `python -m jaxrec.main --flagfile=F --seed=S --workdir=runs/accuracy/NAME_sS`
 (the test metrics come from the checkpoint with the best validation NDCG@10). With
 --reuse, finished workdirs are read instead of retrained. Writes a table per dataset to
-BENCHMARKS.md (section "accuracy") and a plot of validation NDCG@10 per epoch.
+BENCHMARKS.md (section "accuracy_runs") and a plot of validation NDCG@10 per epoch.
 """
 
 import json
@@ -25,7 +25,8 @@ flags.DEFINE_bool("reuse", False, "Read workdirs that already hold test metrics 
 flags.DEFINE_string("root", "runs/accuracy", "Where the workdirs go.")
 flags.DEFINE_string("plot_out", "benchmarks/accuracy_valid_ndcg.png", "PNG plot path ('' for none).")
 flags.DEFINE_string("markdown_out", common.BENCHMARKS_MD, "Markdown file to update ('' for none).")
-flags.DEFINE_string("section_name", "accuracy", "Name of the BENCHMARKS.md section to write.")
+flags.DEFINE_string("section_name", "accuracy_runs", "Name of the BENCHMARKS.md section to write (the "
+                    "generated table inside the hand-written \"accuracy\" account).")
 FLAGS = flags.FLAGS
 
 KEYS = ("hr@10", "ndcg@10", "hr@20", "ndcg@20")
@@ -98,7 +99,7 @@ def main(argv):
   body = "\n\n".join(sections)
   print(body)
   if FLAGS.markdown_out:
-    text = (f"## Accuracy\n\n`{common.command_line('benchmarks.accuracy_bench')}` on {common.machine_line()}. "
+    text = (f"### Runs of the experiment flagfiles\n\n`{common.command_line('benchmarks.accuracy_bench')}` on {common.machine_line()}. "
             "Test metrics are those of the checkpoint with the best validation NDCG@10; each cell is "
             "the mean over the seeds; minutes are wall time of a whole run (training with validation "
             "every epoch, then test).\n\n" + body)

@@ -53,8 +53,7 @@ def ranking_rows(ceiling_gflops: float):
   indptr = np.concatenate([[0], np.cumsum(lengths)])
   history = metrics.padded_histories(indptr, rng.integers(1, items, indptr[-1]))
   floor_s = 2 * users * items * dim / (ceiling_gflops * 1e9)
-  item_blocks = -(-items // min(FLAGS.item_block, items))  # evenly sized, as metrics.target_ranks
-  block = -(-items // item_blocks)
+  item_blocks, block = metrics.even_blocks(items, FLAGS.item_block)  # as metrics.target_ranks
   rows, reference = [], None
   for size in map(int, FLAGS.block_sizes):
     def call(n=users):
@@ -79,8 +78,7 @@ def _count_pass_seconds(user_emb, item_emb, size: int) -> float:
   XLA's CPU matmul writes each score block to memory; the count reads it back once."""
   import jax.numpy as jnp
   users, dim = user_emb.shape
-  item_blocks = -(-len(item_emb) // min(FLAGS.item_block, len(item_emb)))
-  block = -(-len(item_emb) // item_blocks)
+  item_blocks, block = metrics.even_blocks(len(item_emb), FLAGS.item_block)
   items = jnp.asarray(np.pad(item_emb, ((0, item_blocks * block - len(item_emb)), (0, 0))))
   padded = jnp.asarray(np.pad(user_emb, ((0, -(-users // size) * size - users), (0, 0))).reshape(-1, size, dim))
 

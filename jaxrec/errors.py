@@ -31,7 +31,6 @@ def exit_on_input_error(prog: str):
     sys.exit(128 + signal.SIGINT)
 
 
-
 def flags_parser(prog: str):
   """An absl `flags_parser` for app.run: a bad flag is one stderr line and exit status 2."""
   def parse(argv):

@@ -69,6 +69,13 @@ def _first_occurrence(history_UxH):
   return sorted_UxH, is_new_UxH
 
 
+def even_blocks(num_items: int, item_block: int) -> tuple[int, int]:
+  """(number of blocks, block size): the fewest blocks of at most `item_block` items that
+  cover `num_items`, all of one size (the last one may reach back over its neighbour)."""
+  num_blocks = -(-num_items // min(item_block, num_items))
+  return num_blocks, -(-num_items // num_blocks)
+
+
 def target_ranks(user_emb_UxD, item_emb_IxD, target_U, history_UxH, *,
                  item_block=DEFAULT_ITEM_BLOCK,
                  precision=jax.lax.Precision.HIGHEST):
@@ -83,8 +90,7 @@ def target_ranks(user_emb_UxD, item_emb_IxD, target_U, history_UxH, *,
   """
   num_items = item_emb_IxD.shape[0]
   # Evenly sized blocks: the last one, slid back to end at I, then overlaps little.
-  num_blocks = -(-num_items // min(item_block, num_items))
-  block = -(-num_items // num_blocks)
+  num_blocks, block = even_blocks(num_items, item_block)
   target_U = target_U.astype(jnp.int32)
   history_UxH = history_UxH.astype(jnp.int32)
   target_rows_UxD = item_emb_IxD[target_U]

@@ -98,16 +98,18 @@ class Seq2Seq(nn.Module):
     self.embedding_dropout = nn.Dropout(c.hidden_dropout_rate)
     self.layers = [EncoderLayer(c, name=f"layer_{i}") for i in range(c.num_hidden_layers)]
 
-  def encode(self, input_ids_BxL, deterministic: bool = True, item_vectors_BxLxD=None) -> jnp.ndarray:
-    """seq_out [B, L, D]: the last layer's output at every position.
+  def encode(self, input_ids_BxL, deterministic: bool = True, item_vectors_BxLxD=None,
+             last_only: bool = False) -> jnp.ndarray:
+    """seq_out [B, L, D]: the last layer's output at every position ([B, 1, D]: only the
+    last position with `last_only`, whose last layer then computes only that query).
 
     `item_vectors_BxLxD`, if given, replaces the item-table lookup of `input_ids_BxL`
     (row-sparse training looks items up in a gathered slice of the table).
     """
     x_BxLxD = self.embed(input_ids_BxL, deterministic, item_vectors_BxLxD)
     bias_Bx1xLxL = masks.attention_bias(input_ids_BxL)
-    for layer in self.layers:
-      x_BxLxD = layer(x_BxLxD, bias_Bx1xLxL, deterministic)
+    for i, layer in enumerate(self.layers):
+      x_BxLxD = layer(x_BxLxD, bias_Bx1xLxL, deterministic, last_only and i == len(self.layers) - 1)
     return x_BxLxD
 
   def embed(self, input_ids_BxL, deterministic: bool, item_vectors_BxLxD=None) -> jnp.ndarray:
@@ -133,11 +135,7 @@ class Seq2Seq(nn.Module):
 
     Equals encode(...)[:, -1]; the last layer computes only that position's query.
     """
-    x_BxLxD = self.embed(input_ids_BxL, deterministic=True)
-    bias_Bx1xLxL = masks.attention_bias(input_ids_BxL)
-    for layer in self.layers[:-1]:
-      x_BxLxD = layer(x_BxLxD, bias_Bx1xLxL, True)
-    return self.layers[-1](x_BxLxD, bias_Bx1xLxL, True, last_only=True)[:, 0, :]
+    return self.encode(input_ids_BxL, deterministic=True, last_only=True)[:, 0, :]
 
   def __call__(self, input_ids_BxL, label_BxL, deterministic: bool = True):
     """(seq_out [B, L, D], ids_emb [B, L, D]): the two sides of the lbm logits."""

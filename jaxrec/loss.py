@@ -70,25 +70,29 @@ def in_batch_softmax_loss(seq_out_BxLxD, ids_emb_BxLxD, hot_weight_BxL, padding_
 
 
 def full_softmax_loss(seq_out_BxLxD, table_IxD, label_BxL, padding_mask_BxL, row_mask_B=None,
-                      capacity: int = 0) -> jnp.ndarray:
+                      slots_GxC=None) -> jnp.ndarray:
   """Mean over real slots of -log softmax over the whole catalog (item 0 excluded) [own label].
 
   Exact cross-entropy, no sampling and no logQ; costs (scored slots) * I * D per step, so
-  only for catalogs that fit. `capacity` > 0 scores only the real slots, gathered into a
-  static [capacity] buffer (padding is most of a batch of real logs); it must be at least
-  the batch's number of real slots, else the loss is NaN (no slot is silently dropped).
+  only for catalogs that fit. `slots_GxC` (data.real_slots) scores only the real slots
+  instead of all B * L (padding is most of a batch of real logs): for each of G groups of
+  B / G rows, the flat indices of its real slots within the group, -1 after them. Each
+  group gathers from its own rows, so with one group per device scoring stays local.
   """
   mask_BxL = padding_mask_BxL if row_mask_B is None else padding_mask_BxL * row_mask_B[:, None]
-  out_TxD, label_T, mask_T = (seq_out_BxLxD.reshape(-1, seq_out_BxLxD.shape[-1]), label_BxL.reshape(-1),
-                              mask_BxL.reshape(-1))
-  count = jnp.sum(mask_T > 0)
-  if capacity:
-    (slots_C,) = jnp.nonzero(mask_T > 0, size=capacity, fill_value=0)
-    out_TxD, label_T = out_TxD[slots_C], label_T[slots_C]
-    mask_T = (jnp.arange(capacity) < count).astype(mask_BxL.dtype)
+  count = jnp.sum(mask_BxL > 0)
+  if slots_GxC is None:
+    out_TxD, label_T, mask_T = (seq_out_BxLxD.reshape(-1, seq_out_BxLxD.shape[-1]), label_BxL.reshape(-1),
+                                mask_BxL.reshape(-1))
+  else:
+    groups, d = slots_GxC.shape[0], seq_out_BxLxD.shape[-1]
+    index_GxC = jnp.maximum(slots_GxC, 0)
+    out_GxTxD = seq_out_BxLxD.reshape(groups, -1, d)
+    out_TxD = jnp.take_along_axis(out_GxTxD, index_GxC[..., None], axis=1).reshape(-1, d)
+    label_T = jnp.take_along_axis(label_BxL.reshape(groups, -1), index_GxC, axis=1).reshape(-1)
+    mask_T = (slots_GxC >= 0).reshape(-1)
   logits_TxI = jnp.einsum("td,id->ti", out_TxD, table_IxD)
   logits_TxI = logits_TxI.at[:, 0].set(_EXCLUDED)
   pos_T = jnp.take_along_axis(logits_TxI, label_T[:, None], axis=-1)[:, 0]
   nll_T = jax.nn.logsumexp(logits_TxI, axis=-1) - pos_T
-  loss = jnp.sum(jnp.where(mask_T > 0, nll_T, 0.0)) / jnp.maximum(count, 1)
-  return jnp.where(count > capacity, jnp.nan, loss) if capacity else loss
+  return jnp.sum(jnp.where(mask_T > 0, nll_T, 0.0)) / jnp.maximum(count, 1)

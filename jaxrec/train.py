@@ -39,7 +39,6 @@ class LossConfig:
   num_negatives: int = 0  # mixed: items sampled per step, shared by the whole batch
   negative_distribution: str = "uniform"  # mixed: uniform | popularity
   log_q: str = "standard"  # inbatch/mixed: standard (SPEC) | corrected (Khrylchenko et al. 2025)
-  full_slots: int = 0  # full: score only real slots, at most this many per batch (0: every slot)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +142,7 @@ def loss_fn(params, model: Seq2Seq, batch: dict, dropout_rng=None, loss: LossCon
     seq_out = encode(batch["input_ids"], dropout_rng)
   padding = masks.padding_mask(batch["input_ids"])
   if loss.kind == "full":
-    return full_softmax_loss(seq_out, table, batch["label"], padding, batch["row_mask"], loss.full_slots)
+    return full_softmax_loss(seq_out, table, batch["label"], padding, batch["row_mask"], batch.get("slots"))
   hot_weight, extra = batch["hot_weight"], {}
   if loss.kind == "mixed":
     ids, log_q = negatives
@@ -269,13 +268,6 @@ class Trainer:
     self.total_steps = self.steps_per_epoch * config.num_epochs
     self.sampler = data.PopularitySampler(split.item_counts())
     self.tx, self.lr = make_optimizer(config, self.total_steps)
-    if config.loss.kind == "full" and not config.loss.full_slots:
-      # The catalog is scored only at real slots: room for the most any batch of this run has.
-      most = max(int(input_lengths[rows].sum()) for epoch in range(config.num_epochs)
-                 for rows in data.epoch_batches(self.bucket_R, len(self.bucket_lengths), config.batch_size,
-                                                config.seed, epoch))
-      slots = min(-(-most // 128) * 128, self.rows * config.model.seq_length)
-      config = self.config = dataclasses.replace(config, loss=dataclasses.replace(config.loss, full_slots=slots))
     if config.sparse_embedding_updates:
       step = functools.partial(sparse_train_step, model=self.model, tx=self.tx, lr=self.lr,
                                b2=config.adam_b2, loss=config.loss)
@@ -323,6 +315,8 @@ class Trainer:
     length = self.bucket_lengths[self.bucket_R[rows[0]]]
     host = data.train_batch(self.split, self.sampler, self.train_users[rows], self.rows, length,
                             self.config.seed, epoch, index)
+    if self.config.loss.kind == "full":  # score the catalog only at real slots
+      host["slots"] = data.real_slots(host, jax.device_count())
     if self.long_rows:
       host = data.split_by_length(host, self.config.short_length, self.long_rows)
     return to_global(host, self.batch_sharding), len(rows)

@@ -169,3 +169,29 @@ def test_left_padded_keeps_the_most_recent_items():
   items = np.arange(1, 11, dtype=np.int32)
   out = data.left_padded(items, np.array([0, 2, 9]), np.array([10, 4, 9]), 4)
   np.testing.assert_array_equal(out, [[7, 8, 9, 10], [0, 0, 3, 4], [0, 0, 0, 0]])
+
+
+@settings(deadline=None, max_examples=50)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([1, 2, 4]), st.integers(1, 40))
+def test_real_slots_list_each_groups_real_slots(seed, groups, length):
+  rng = np.random.default_rng(seed)
+  rows = 4 * int(rng.integers(1, 5))
+  ids = rng.integers(1, 9, (rows, length)) * (rng.random((rows, length)) < rng.random())
+  row_mask = (rng.random(rows) < 0.8).astype(np.float32)
+  slots = data.real_slots({"input_ids": ids, "row_mask": row_mask}, groups)
+  per_group = rows // groups
+  counts = []
+  for g in range(groups):
+    want = [(r - g * per_group) * length + l for r in range(g * per_group, (g + 1) * per_group)
+            for l in range(length) if ids[r, l] != 0 and row_mask[r]]
+    counts.append(len(want))
+    assert slots[g, :len(want)].tolist() == want
+    assert (slots[g, len(want):] == -1).all()
+  most = max(counts)
+  assert slots.shape[1] % 128 == 0 and most <= slots.shape[1] <= max(128, most + most // 8 + 127)
+
+
+def test_slot_capacity_wastes_at_most_an_eighth():
+  for n in range(1, 70000):
+    c = data.slot_capacity(n)
+    assert c >= n and c % 128 == 0 and (c <= n * 9 / 8 if n >= 1024 else c - n < 128)

@@ -23,14 +23,14 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 from jaxrec import data
 from jaxrec.model import ModelConfig
-from jaxrec.train import TrainConfig, Trainer
+from jaxrec.train import LossConfig, TrainConfig, Trainer
 
-out, workdir = sys.argv[1], sys.argv[2]
+out, workdir, kind = sys.argv[1], sys.argv[2], sys.argv[3]
 log = data.synthetic_click_log(num_users=49, num_items=30, seed=0)
 split = data.leave_one_out(log)
 model = ModelConfig(num_items=log.num_items, seq_length=8, hidden_size=8, num_attention_heads=2)
 config = TrainConfig(model=model, batch_size=18, num_epochs=1, learning_rate=1e-2,
-                     eval_every_epochs=0, bucket_lengths=(4,))
+                     eval_every_epochs=0, bucket_lengths=(4,), loss=LossConfig(kind=kind))
 trainer = Trainer(config, split, workdir)
 state = trainer.init_state()
 losses, grad_norms, rows, lengths, shard_rows = [], [], [], [], []
@@ -42,6 +42,8 @@ for index in range(trainer.steps_per_epoch):
   lengths.append(ids.shape[1])
   shard_rows.append(sorted({s.data.shape[0] for s in ids.addressable_shards}))
   assert len(ids.sharding.device_set) == jax.device_count()
+  if kind == "full":  # each device scores the real slots of its own rows
+    assert batch["slots"].shape[0] == jax.device_count() and batch["slots"].sharding.spec == P("data")
   state, metrics = trainer.train_step(state, batch)
   losses.append(float(metrics["loss"]))
   grad_norms.append(float(metrics["grad_norm"]))
@@ -54,11 +56,11 @@ np.savez(out, devices=jax.device_count(), steps=int(state.step), rows=np.array(r
 """
 
 
-def _start(num_devices: int, tmp_path):
+def _start(num_devices: int, tmp_path, kind: str):
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
              JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
   out = tmp_path / f"devices{num_devices}.npz"
-  proc = subprocess.Popen([sys.executable, "-c", _WORKER, str(out), str(tmp_path / f"w{num_devices}")],
+  proc = subprocess.Popen([sys.executable, "-c", _WORKER, str(out), str(tmp_path / f"w{num_devices}"), kind],
                           env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
   return proc, out
@@ -74,8 +76,9 @@ def _finish(proc):
   assert proc.returncode == 0, output[-3000:]
 
 
-def test_four_devices_train_like_one(tmp_path):
-  runs = [_start(n, tmp_path) for n in (1, 4)]  # both at once: compiles overlap
+@pytest.mark.parametrize("kind", ["inbatch", "full"])
+def test_four_devices_train_like_one(tmp_path, kind):
+  runs = [_start(n, tmp_path, kind) for n in (1, 4)]  # both at once: compiles overlap
   try:
     for proc, _ in runs:
       _finish(proc)

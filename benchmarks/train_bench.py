@@ -2,6 +2,7 @@
 
   python -m benchmarks.train_bench --data_path=../shared/data/beauty_s3rec.txt
   python -m benchmarks.train_bench --quick  # tiny sizes, a smoke test (about a minute)
+  python -m benchmarks.train_bench --sections=losses --section_name=train_losses  # per loss
 
 Every measurement runs in its own process (its own compile cache and peak RSS); the
 child prints one JSON line and the parent collects them. The ceilings (XLA float32
@@ -36,7 +37,10 @@ flags.DEFINE_string("markdown_out", None, "File whose `train` section gets the t
 flags.DEFINE_string("plot_out", None, "PNG of the sweeps; '' draws none. Default: "
                     "benchmarks/train_throughput.png, or none with --quick.")
 flags.DEFINE_list("sections", ["real", "sweeps"], "What to measure: real (the real log at SPEC sizes), "
-                  "sweeps (batch size, seq_length, catalog size).")
+                  "sweeps (batch size, seq_length, catalog size), losses (each --loss on each of "
+                  "--loss_data_paths, with the experiment flagfiles' encoder).")
+flags.DEFINE_list("loss_data_paths", ["../shared/data/beauty_s3rec.txt", "../shared/data/beauty_bert4rec.txt"],
+                  "Click logs of the losses section.")
 flags.DEFINE_string("section_name", "train", "Name of the BENCHMARKS.md section to write, e.g. train_gpu.")
 flags.DEFINE_string("worker_job", None, "Internal: run one measurement (JSON) in this process.")
 
@@ -128,15 +132,19 @@ def _first_users(log, num_users: int):
 def _trainer(job, log, workdir):
   from jaxrec import data
   from jaxrec.model import ModelConfig
-  from jaxrec.train import Trainer, TrainConfig
+  from jaxrec.train import LossConfig, Trainer, TrainConfig
   model = ModelConfig(num_items=log.num_items, seq_length=job["seq_length"], hidden_size=job["hidden_size"],
                       num_attention_heads=job["num_heads"], num_hidden_layers=job["num_layers"],
-                      feed_forward_size=job.get("feed_forward_size", 0))
+                      feed_forward_size=job.get("feed_forward_size", 0),
+                      hidden_dropout_rate=job.get("dropout_rate", 0.0),
+                      share_embeddings=job.get("share_embeddings", False))
+  loss = LossConfig(kind=job.get("loss", "inbatch"), remove_accidental_hits=job.get("hits", False),
+                    num_negatives=job.get("num_negatives", 256))
   config = TrainConfig(model=model, batch_size=job["batch_size"], num_epochs=3, eval_every_epochs=0,
                        checkpoint_every_steps=10**9, log_every_steps=10**9,
                        bucket_lengths=tuple(job.get("bucket_lengths", ())),
                        short_length=job.get("short_length", 0),
-                       sparse_embedding_updates=job.get("sparse", False))
+                       sparse_embedding_updates=job.get("sparse", False), loss=loss)
   return Trainer(config, data.leave_one_out(log), workdir)
 
 
@@ -210,6 +218,13 @@ def _real_job(job, compiles) -> dict:
     jitted, _ = _jitted_step(trainer)
     cache_entries = jitted._cache_size() if hasattr(jitted, "_cache_size") else -1
     loss = float(metrics["loss"])
+    if not job.get("analyse", True):
+      _close(trainer)
+      return {"steps": steps, "rows": real_rows, "seq_per_s": real_rows / epoch1_s,
+              "ms_per_step": 1e3 * epoch1_s / steps, "ms_per_step_prebuilt": 1e3 * epoch2_s / steps,
+              "batch_ms_per_step": 1e3 * batch_s / steps, "compiles_epoch0": compiles_epoch0,
+              "compile_s": compile_s, "compiles_after": compiles_after, "epoch0_s": epoch0_s,
+              "shapes": len(set(lengths)), "loss": loss, "peak_rss_mib": common.peak_rss_mib()}
 
     # Work done in epoch 1: XLA's count at each padded length, scaled per step by its useful
     # share. Shares come from epoch 3's batches: every epoch holds the same rows and the same
@@ -252,8 +267,8 @@ def _real_job(job, compiles) -> dict:
 
 
 def _shape_key(batch) -> tuple:
-  """The padded lengths a batch compiles for: (L,) or, split by length, (L, short width)."""
-  return tuple(batch[k].shape[1] for k in ("input_ids", "short_ids") if k in batch)
+  """The shape a batch compiles for: (L,), split by length (L, short width), --loss=full + capacity."""
+  return tuple(batch[k].shape[1] for k in ("input_ids", "short_ids", "slots") if k in batch)
 
 
 def _sweep_job(job, compiles) -> dict:
@@ -414,6 +429,45 @@ def real_section(sizes: Sizes, data_path: str, ceilings: dict) -> tuple[str, lis
   return "\n".join(text), results
 
 
+LOSSES = [("inbatch", {}), ("inbatch, hits removed", {"hits": True}),
+          ("mixed (+256 uniform)", {"loss": "mixed"}), ("full", {"loss": "full"})]
+
+
+def losses_section(sizes: Sizes, data_paths: list) -> str:
+  """Each loss on each log, with the experiment flagfiles' encoder (shared table, feed-forward,
+  dropout 0.5, --short_length): what a variant costs per step."""
+  text = ["Each `--loss` with the encoder of the experiment flagfiles: one shared item table, "
+          f"feed-forward {sizes.feed_forward_size}, dropout 0.5, `--short_length={sizes.short_length}`; batch "
+          f"{sizes.batch_size}, seq_length {sizes.seq_length}, hidden {sizes.hidden_size}, {sizes.num_heads} "
+          f"heads, {sizes.num_layers} layers, all users. Epoch 1 compiles and warms up; sequences/s and ms/step "
+          "are over epoch 2 (host batching included); epoch 3 reruns with its batches built beforehand. "
+          "`--loss=full` compiles once per slot capacity (data.slot_capacity) it meets."]
+  for path in data_paths:
+    results = []
+    for name, overrides in LOSSES:
+      _progress(f"train_bench: losses, {os.path.basename(path) or 'synthetic'}, {name}")
+      job = _model_job(sizes, kind="real", data_path=path, users=sizes.real_users, analyse=False,
+                       synthetic_users=max(sizes.real_users, 2000), synthetic_items=sizes.sweep_items,
+                       feed_forward_size=sizes.feed_forward_size, short_length=sizes.short_length,
+                       dropout_rate=0.5, share_embeddings=True, **overrides)
+      results.append(_run_child(job))
+    metrics = [
+        ("sequences/s", lambda r: f"{r['seq_per_s']:,.0f}"),
+        ("ms/step", lambda r: f"{r['ms_per_step']:.1f}"),
+        ("ms/step, batches prebuilt", lambda r: f"{r['ms_per_step_prebuilt']:.1f}"),
+        ("host batching ms/step", lambda r: f"{r['batch_ms_per_step']:.1f}"),
+        ("first epoch s", lambda r: f"{r['epoch0_s']:.1f}"),
+        ("compilations by end of first epoch (s)", lambda r: f"{r['compiles_epoch0']} ({r['compile_s']:.1f} s)"),
+        ("compilations after first epoch", lambda r: str(r["compiles_after"])),
+        ("peak RSS MiB", lambda r: f"{r['peak_rss_mib']:.0f}"),
+    ]
+    source = f"`{path}`" if path else "synthetic data"
+    text += ["", f"{source}, {results[0]['rows']:,} training sequences per epoch:", "",
+             common.markdown_table(["", *[name for name, _ in LOSSES]],
+                                   [(label, *[fmt(r) for r in results]) for label, fmt in metrics])]
+  return "\n".join(text)
+
+
 def sweep_section(sizes: Sizes, ceilings: dict) -> tuple[str, dict]:
   timing = dict(warmup_steps=sizes.warmup_steps, timed_steps=sizes.timed_steps)
   sweeps = {"batch": [], "seq": [], "catalog": [], "catalog_sparse": []}
@@ -518,14 +572,20 @@ def main(argv):
     data_path = ""
   _progress("train_bench: ceilings")
   ceilings = _run_child({"kind": "ceilings", "matmul_n": sizes.matmul_n, "copy_bytes": sizes.copy_bytes})
-  unknown = set(FLAGS.sections) - {"real", "sweeps"}
+  unknown = set(FLAGS.sections) - {"real", "sweeps", "losses"}
   if unknown:
-    raise app.UsageError(f"--sections: unknown {sorted(unknown)} (choose from real, sweeps)")
+    raise app.UsageError(f"--sections: unknown {sorted(unknown)} (choose from real, sweeps, losses)")
+  loss_paths = [os.path.abspath(p) for p in FLAGS.loss_data_paths if os.path.exists(p)]
+  if "losses" in FLAGS.sections and len(loss_paths) < len(FLAGS.loss_data_paths):
+    if not FLAGS.quick:
+      raise app.UsageError(f"--loss_data_paths: {', '.join(FLAGS.loss_data_paths)}: not all found")
+    loss_paths = [""]
   real_text = real_section(sizes, data_path, ceilings)[0] if "real" in FLAGS.sections else ""
   sweep_text, sweeps = sweep_section(sizes, ceilings) if "sweeps" in FLAGS.sections else ("", None)
+  loss_text = losses_section(sizes, loss_paths) if "losses" in FLAGS.sections else ""
   plotted = bool(plot_out) and sweeps is not None and plot(sizes, sweeps, plot_out)
   parts = [
-      "## Training throughput", "",
+      "## Training throughput" + (" by loss" if FLAGS.sections == ["losses"] else ""), "",
       f"`{common.command_line('benchmarks.train_bench')}`" + (" (smoke-test sizes)" if FLAGS.quick else ""),
       f"Machine: {common.machine_line()}; {ceilings['device']}, jax {ceilings['jax']}.",
       f"Ceilings, this run: XLA float32 {ceilings['matmul_n']}^3 matmul (default precision) "
@@ -534,7 +594,7 @@ def main(argv):
       "GFLOP/s done: XLA's `cost_analysis()['flops']` of the compiled step at each padded length, summed "
       "over the epoch's steps, over the epoch's time. Useful: each step's count scaled by its real share "
       "(tokens for dense, feed-forward and lbm; sum n_r^2 vs L^2 for attention; see `matmul_flops`).",
-      "", real_text, "", sweep_text,
+      "", real_text, "", sweep_text, "", loss_text,
   ]
   if plotted:
     parts += ["", f"![training throughput]({os.path.relpath(plot_out, REPO)})"]

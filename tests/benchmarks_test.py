@@ -81,3 +81,14 @@ def test_accuracy_bench_tables_the_runs_it_made(tmp_path):
   reread = table_row(again, "`tiny`")
   assert reread[:-2] + reread[-1:] == cells[:-2] + cells[-1:]  # read back, not retrained
   assert reread[-2] == "-"  # reused runs have no minutes
+
+
+def test_train_bench_losses_quick(tmp_path):
+  markdown = tmp_path / "BENCHMARKS.md"
+  out = run_module("benchmarks.train_bench", "--quick", "--sections=losses", "--section_name=train_losses",
+                   f"--loss_data_paths={tmp_path / 'missing.txt'}", f"--markdown_out={markdown}")
+  assert "## Training throughput by loss" in out
+  seq_per_s = table_row(out, "sequences/s")
+  assert len(seq_per_s) == 4 and all(float(v.replace(",", "")) > 0 for v in seq_per_s)
+  assert len(table_row(out, "compilations after first epoch")) == 4
+  assert "<!-- train_losses:begin -->" in markdown.read_text()

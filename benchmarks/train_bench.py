@@ -591,9 +591,10 @@ def main(argv):
       f"Ceilings, this run: XLA float32 {ceilings['matmul_n']}^3 matmul (default precision) "
       f"{ceilings['matmul_gflops']:,.1f} GFLOP/s; {ceilings['copy']} copy {ceilings['copy_gbytes_per_s']:,.1f} GB/s "
       "(read + write).",
-      "GFLOP/s done: XLA's `cost_analysis()['flops']` of the compiled step at each padded length, summed "
-      "over the epoch's steps, over the epoch's time. Useful: each step's count scaled by its real share "
-      "(tokens for dense, feed-forward and lbm; sum n_r^2 vs L^2 for attention; see `matmul_flops`).",
+      ("GFLOP/s done: XLA's `cost_analysis()['flops']` of the compiled step at each padded length, summed "
+       "over the epoch's steps, over the epoch's time. Useful: each step's count scaled by its real share "
+       "(tokens for dense, feed-forward and lbm; sum n_r^2 vs L^2 for attention; see `matmul_flops`)."
+       if "real" in FLAGS.sections else ""),
       "", real_text, "", sweep_text, "", loss_text,
   ]
   if plotted:

@@ -1,7 +1,9 @@
 r"""Accuracy of experiment flagfiles: train each (per seed), report validation and test metrics.
 
   python -m benchmarks.accuracy_bench experiments/beauty.flags experiments/beauty_inbatch.flags \
-      --seeds=0,1,2 [--reuse]
+      experiments/beauty_backward.flags@0 --seeds=0,1,2 [--reuse]
+
+A flagfile followed by @SEEDS (e.g. @0 or @0,1) runs with those seeds instead of --seeds.
 
 Each flagfile runs as `python -m jaxrec.main --flagfile=F --seed=S --workdir=runs/accuracy/NAME_sS`
 (the test metrics come from the checkpoint with the best validation NDCG@10). With
@@ -80,7 +82,10 @@ def main(argv):
   flagfiles = argv[1:]
   if not flagfiles:
     raise app.UsageError("name one or more experiment flagfiles")
-  results = [run(f, int(s)) for f in flagfiles for s in FLAGS.seeds]
+  results = []
+  for arg in flagfiles:
+    flagfile, _, seeds = arg.partition("@")
+    results += [run(flagfile, int(s)) for s in (seeds.split(",") if seeds else FLAGS.seeds)]
   sections = []
   for dataset in dict.fromkeys(r["dataset"] for r in results):
     rows = []
@@ -116,13 +121,16 @@ def _plot(results, path):
   except ImportError:
     print("matplotlib not installed (pip install -e '.[bench]'): no plot", file=sys.stderr)
     return
-  fig, ax = plt.subplots(figsize=(7, 4))
-  for r in results:
-    if r["seed"] == results[0]["seed"]:
-      ax.plot(*zip(*r["curve"]), label=r["name"])
-  ax.set_xlabel("epoch")
-  ax.set_ylabel("validation NDCG@10")
-  ax.legend(fontsize=7)
+  datasets = list(dict.fromkeys(r["dataset"] for r in results))
+  fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
+  for ax, dataset in zip(axes[0], datasets):
+    for r in results:
+      if r["dataset"] == dataset and r["seed"] == min(q["seed"] for q in results if q["name"] == r["name"]):
+        ax.plot(*zip(*r["curve"]), label=r["name"])
+    ax.set_title(dataset, fontsize=9)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation NDCG@10")
+    ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
 

@@ -81,6 +81,9 @@ def test_accuracy_bench_tables_the_runs_it_made(tmp_path):
   reread = table_row(again, "`tiny`")
   assert reread[:-2] + reread[-1:] == cells[:-2] + cells[-1:]  # read back, not retrained
   assert reread[-2] == "-"  # reused runs have no minutes
+  one = run_module("benchmarks.accuracy_bench", f"{flagfile}@1", "--seeds=0,1", f"--root={root}", "--reuse",
+                   "--markdown_out=", "--plot_out=")
+  assert table_row(one, "`tiny`")[0] == "1" and table_row(one, "`tiny`")[-1] == f"{tests[1]:.4f}"
 
 
 def test_train_bench_losses_quick(tmp_path):

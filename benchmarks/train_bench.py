@@ -217,14 +217,15 @@ def _real_job(job, compiles) -> dict:
     compiles_after = compiles.count - compiles_epoch0
     jitted, _ = _jitted_step(trainer)
     cache_entries = jitted._cache_size() if hasattr(jitted, "_cache_size") else -1
-    loss = float(metrics["loss"])
+    timed = {"steps": steps, "rows": real_rows, "seq_per_s": real_rows / epoch1_s,
+             "ms_per_step": 1e3 * epoch1_s / steps, "ms_per_step_prebuilt": 1e3 * epoch2_s / steps,
+             "batch_ms_per_step": 1e3 * batch_s / steps, "startup_s": startup_s, "epoch0_s": epoch0_s,
+             "compiles_epoch0": compiles_epoch0, "compile_s": compile_s, "compiles_after": compiles_after,
+             "cache_entries": cache_entries, "lengths": sorted(set(lengths)), "loss": float(metrics["loss"])}
     if not job.get("analyse", True):
       _close(trainer)
-      return {"steps": steps, "rows": real_rows, "seq_per_s": real_rows / epoch1_s,
-              "ms_per_step": 1e3 * epoch1_s / steps, "ms_per_step_prebuilt": 1e3 * epoch2_s / steps,
-              "batch_ms_per_step": 1e3 * batch_s / steps, "compiles_epoch0": compiles_epoch0,
-              "compile_s": compile_s, "compiles_after": compiles_after, "epoch0_s": epoch0_s,
-              "shapes": len(set(lengths)), "loss": loss, "peak_rss_mib": common.peak_rss_mib()}
+      assert real_rows == len(trainer.train_users)
+      return {**timed, "peak_rss_mib": common.peak_rss_mib()}
 
     # Work done in epoch 1: XLA's count at each padded length, scaled per step by its useful
     # share. Shares come from epoch 3's batches: every epoch holds the same rows and the same
@@ -255,15 +256,9 @@ def _real_job(job, compiles) -> dict:
       padded_tokens += num_rows * length
     _close(trainer)
   assert real_rows == len(trainer.train_users)
-  return {"steps": steps, "rows": real_rows, "seq_per_s": real_rows / epoch1_s,
-          "ms_per_step": 1e3 * epoch1_s / steps, "ms_per_step_prebuilt": 1e3 * epoch2_s / steps,
-          "batch_ms_per_step": 1e3 * batch_s / steps, "startup_s": startup_s, "epoch0_s": epoch0_s,
-          "compiles_epoch0": compiles_epoch0, "compile_s": compile_s, "compiles_after": compiles_after,
-          "cache_entries": cache_entries, "lengths": sorted(set(lengths)),
-          "gflop_per_step": flops / steps / 1e9, "gflop_per_s": flops / epoch1_s / 1e9,
+  return {**timed, "gflop_per_step": flops / steps / 1e9, "gflop_per_s": flops / epoch1_s / 1e9,
           "useful_gflop_per_s": useful_flops / epoch1_s / 1e9, "xla_vs_analytic": flops / analytic,
-          "real_token_share": real_tokens / padded_tokens, "loss": loss,
-          "peak_rss_mib": common.peak_rss_mib()}
+          "real_token_share": real_tokens / padded_tokens, "peak_rss_mib": common.peak_rss_mib()}
 
 
 def _shape_key(batch) -> tuple:
@@ -381,6 +376,25 @@ def _model_job(sizes: Sizes, **overrides) -> dict:
   return job
 
 
+# Table rows (label, format of one _real_job result) shared by the real-data and loss tables.
+STEP_ROWS = [
+    ("sequences/s", lambda r: f"{r['seq_per_s']:,.0f}"),
+    ("ms/step", lambda r: f"{r['ms_per_step']:.1f}"),
+    ("ms/step, batches prebuilt", lambda r: f"{r['ms_per_step_prebuilt']:.1f}"),
+    ("host batching ms/step", lambda r: f"{r['batch_ms_per_step']:.1f}"),
+]
+COMPILE_ROWS = [
+    ("first epoch s", lambda r: f"{r['epoch0_s']:.1f}"),
+    ("compilations by end of first epoch (s)", lambda r: f"{r['compiles_epoch0']} ({r['compile_s']:.1f} s)"),
+    ("compilations after first epoch", lambda r: str(r["compiles_after"])),
+]
+
+
+def _results_table(names: list, rows: list, results: list) -> str:
+  """A column per result (named by `names`), a row per (label, format) of `rows`."""
+  return common.markdown_table(["", *names], [(label, *[fmt(r) for r in results]) for label, fmt in rows])
+
+
 def real_section(sizes: Sizes, data_path: str, ceilings: dict) -> tuple[str, list]:
   configs = [("plain", {}),
              (f"short_length {sizes.short_length}", {"short_length": sizes.short_length}),
@@ -395,14 +409,9 @@ def real_section(sizes: Sizes, data_path: str, ceilings: dict) -> tuple[str, lis
     results.append(_run_child(job))
   ceiling = ceilings["matmul_gflops"]
   metrics = [
-      ("sequences/s", lambda r: f"{r['seq_per_s']:,.0f}"),
-      ("ms/step", lambda r: f"{r['ms_per_step']:.1f}"),
-      ("ms/step, batches prebuilt", lambda r: f"{r['ms_per_step_prebuilt']:.1f}"),
-      ("host batching ms/step", lambda r: f"{r['batch_ms_per_step']:.1f}"),
+      *STEP_ROWS,
       ("start-up s (to end of step 1)", lambda r: f"{r['startup_s']:.1f}"),
-      ("first epoch s", lambda r: f"{r['epoch0_s']:.1f}"),
-      ("compilations by end of first epoch (s)", lambda r: f"{r['compiles_epoch0']} ({r['compile_s']:.1f} s)"),
-      ("compilations after first epoch", lambda r: str(r["compiles_after"])),
+      *COMPILE_ROWS,
       ("padded lengths (jit cache entries)",
        lambda r: ", ".join("/".join(map(str, k)) for k in r["lengths"]) + f" ({r['cache_entries']})"),
       ("peak RSS MiB", lambda r: f"{r['peak_rss_mib']:.0f}"),
@@ -414,8 +423,7 @@ def real_section(sizes: Sizes, data_path: str, ceilings: dict) -> tuple[str, lis
       ("useful % of matmul ceiling", lambda r: f"{100 * r['useful_gflop_per_s'] / ceiling:.1f}%"),
       ("loss after 3 epochs", lambda r: f"{r['loss']:.3f}"),
   ]
-  table = common.markdown_table(["", *[name for name, _ in configs]],
-                                [(label, *[fmt(r) for r in results]) for label, fmt in metrics])
+  table = _results_table([name for name, _ in configs], metrics, results)
   source = f"`{data_path}`" if data_path else "synthetic data (the real file was not found)"
   users = f"first {sizes.real_users:,} users" if sizes.real_users else "all users"
   text = [f"Real data: {source}, {users}, {results[0]['rows']:,} training sequences per epoch; batch "
@@ -451,20 +459,10 @@ def losses_section(sizes: Sizes, data_paths: list) -> str:
                        feed_forward_size=sizes.feed_forward_size, short_length=sizes.short_length,
                        dropout_rate=0.5, share_embeddings=True, **overrides)
       results.append(_run_child(job))
-    metrics = [
-        ("sequences/s", lambda r: f"{r['seq_per_s']:,.0f}"),
-        ("ms/step", lambda r: f"{r['ms_per_step']:.1f}"),
-        ("ms/step, batches prebuilt", lambda r: f"{r['ms_per_step_prebuilt']:.1f}"),
-        ("host batching ms/step", lambda r: f"{r['batch_ms_per_step']:.1f}"),
-        ("first epoch s", lambda r: f"{r['epoch0_s']:.1f}"),
-        ("compilations by end of first epoch (s)", lambda r: f"{r['compiles_epoch0']} ({r['compile_s']:.1f} s)"),
-        ("compilations after first epoch", lambda r: str(r["compiles_after"])),
-        ("peak RSS MiB", lambda r: f"{r['peak_rss_mib']:.0f}"),
-    ]
+    metrics = [*STEP_ROWS, *COMPILE_ROWS, ("peak RSS MiB", lambda r: f"{r['peak_rss_mib']:.0f}")]
     source = f"`{path}`" if path else "synthetic data"
     text += ["", f"{source}, {results[0]['rows']:,} training sequences per epoch:", "",
-             common.markdown_table(["", *[name for name, _ in LOSSES]],
-                                   [(label, *[fmt(r) for r in results]) for label, fmt in metrics])]
+             _results_table([name for name, _ in LOSSES], metrics, results)]
   return "\n".join(text)
 
 

@@ -70,7 +70,7 @@ def in_batch_softmax_loss(seq_out_BxLxD, ids_emb_BxLxD, hot_weight_BxL, padding_
 
 
 def full_softmax_loss(seq_out_BxLxD, table_IxD, label_BxL, padding_mask_BxL, row_mask_B=None,
-                      slots_GxC=None) -> jnp.ndarray:
+                      slots_GxC=None, label_smoothing: float = 0.0) -> jnp.ndarray:
   """Mean over real slots of -log softmax over the whole catalog (item 0 excluded) [own label].
 
   Exact cross-entropy, no sampling and no logQ; costs (scored slots) * I * D per step, so
@@ -78,6 +78,9 @@ def full_softmax_loss(seq_out_BxLxD, table_IxD, label_BxL, padding_mask_BxL, row
   instead of all B * L (padding is most of a batch of real logs): for each of G groups of
   B / G rows, the flat indices of its real slots within the group, -1 after them. Each
   group gathers from its own rows, so with one group per device scoring stays local.
+
+  `label_smoothing` eps: the target is (1 - eps) on the own label plus eps spread evenly
+  over the I - 1 real items, so a slot's loss is lse - (1 - eps) pos - eps mean(logits).
   """
   mask_BxL = padding_mask_BxL if row_mask_B is None else padding_mask_BxL * row_mask_B[:, None]
   count = jnp.sum(mask_BxL > 0)
@@ -92,7 +95,10 @@ def full_softmax_loss(seq_out_BxLxD, table_IxD, label_BxL, padding_mask_BxL, row
     label_T = jnp.take_along_axis(label_BxL.reshape(groups, -1), index_GxC, axis=1).reshape(-1)
     mask_T = (slots_GxC >= 0).reshape(-1)
   logits_TxI = jnp.einsum("td,id->ti", out_TxD, table_IxD)
+  target_T = jnp.take_along_axis(logits_TxI, label_T[:, None], axis=-1)[:, 0]
+  if label_smoothing:
+    mean_T = jnp.mean(logits_TxI[:, 1:], axis=-1)
+    target_T = (1.0 - label_smoothing) * target_T + label_smoothing * mean_T
   logits_TxI = logits_TxI.at[:, 0].set(_EXCLUDED)
-  pos_T = jnp.take_along_axis(logits_TxI, label_T[:, None], axis=-1)[:, 0]
-  nll_T = jax.nn.logsumexp(logits_TxI, axis=-1) - pos_T
+  nll_T = jax.nn.logsumexp(logits_TxI, axis=-1) - target_T
   return jnp.sum(jnp.where(mask_T > 0, nll_T, 0.0)) / jnp.maximum(count, 1)

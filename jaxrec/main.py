@@ -64,6 +64,8 @@ flags.DEFINE_enum("negative_distribution", "uniform", ["uniform", "popularity"],
 flags.DEFINE_enum("log_q", "standard", ["standard", "corrected"],
                   "--loss=inbatch/mixed: standard logQ (SPEC: every candidate minus log q) or the "
                   "corrected logQ of Khrylchenko et al. (RecSys 2025).")
+flags.DEFINE_float("label_smoothing", 0.0, "--loss=full: share of the target spread evenly over all "
+                   "items instead of the clicked one.")
 flags.DEFINE_bool("sparse_embedding_updates", False,
                   "Row-sparse (lazy) Adam on the item tables: each step updates only the rows its "
                   "batch touches, so step cost stops growing with the catalog (not with --loss=full).")
@@ -118,7 +120,7 @@ def check_flags() -> None:
       raise InputError(f"--{name}={FLAGS[name].value}: must not be negative")
   if not 0 < FLAGS.learning_rate <= _FLOAT32_MAX:
     raise InputError(f"--learning_rate={FLAGS.learning_rate}: must be positive and finite in float32")
-  for name in ("dropout_rate", "attention_dropout_rate"):
+  for name in ("dropout_rate", "attention_dropout_rate", "label_smoothing"):
     if not 0 <= FLAGS[name].value < 1:
       raise InputError(f"--{name}={FLAGS[name].value}: must be in [0, 1)")
   if FLAGS.hidden_size % FLAGS.num_attention_heads:
@@ -144,6 +146,8 @@ def check_flags() -> None:
     raise InputError("--sparse_embedding_updates: does not combine with --loss=full, which reads every row")
   if FLAGS.log_q == "corrected" and FLAGS.loss == "full":
     raise InputError("--log_q=corrected: only for --loss=inbatch or mixed (the full softmax samples nothing)")
+  if FLAGS.label_smoothing and FLAGS.loss != "full":
+    raise InputError("--label_smoothing: only for --loss=full (a sampled softmax has no catalog to spread over)")
   if not 0 <= FLAGS.process_id < FLAGS.num_processes:
     raise InputError(f"--process_id={FLAGS.process_id}: must be in [0, --num_processes)")
   if FLAGS.num_processes > 1 and not FLAGS.coordinator_address:
@@ -183,7 +187,7 @@ def train_config(num_items: int):
                      sparse_embedding_updates=FLAGS.sparse_embedding_updates,
                      short_length=FLAGS.short_length,
                      loss=LossConfig(FLAGS.loss, FLAGS.remove_accidental_hits, FLAGS.num_negatives,
-                                     FLAGS.negative_distribution, FLAGS.log_q))
+                                     FLAGS.negative_distribution, FLAGS.log_q, FLAGS.label_smoothing))
 
 
 def bucket_lengths() -> tuple:

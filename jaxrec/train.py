@@ -39,6 +39,7 @@ class LossConfig:
   num_negatives: int = 0  # mixed: items sampled per step, shared by the whole batch
   negative_distribution: str = "uniform"  # mixed: uniform | popularity
   log_q: str = "standard"  # inbatch/mixed: standard (SPEC) | corrected (Khrylchenko et al. 2025)
+  label_smoothing: float = 0.0  # full: share of the target spread evenly over the catalog
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +143,8 @@ def loss_fn(params, model: Seq2Seq, batch: dict, dropout_rng=None, loss: LossCon
     seq_out = encode(batch["input_ids"], dropout_rng)
   padding = masks.padding_mask(batch["input_ids"])
   if loss.kind == "full":
-    return full_softmax_loss(seq_out, table, batch["label"], padding, batch["row_mask"], batch.get("slots"))
+    return full_softmax_loss(seq_out, table, batch["label"], padding, batch["row_mask"], batch.get("slots"),
+                             loss.label_smoothing)
   hot_weight, extra = batch["hot_weight"], {}
   if loss.kind == "mixed":
     ids, log_q = negatives

@@ -155,6 +155,8 @@ CASES = {
     "not_an_integer": Case(SYN + " --batch_size=abc", ("--batch_size=abc", "invalid literal for int()")),
     "corrected_log_q_with_full_softmax": Case(SYN + " --loss=full --log_q=corrected",
                                               ("--log_q=corrected: only for --loss=inbatch or mixed",)),
+    "label_smoothing_with_inbatch": Case(SYN + " --label_smoothing=0.1", ("--label_smoothing: only for --loss=full",)),
+    "label_smoothing_one": Case(SYN + " --loss=full --label_smoothing=1", ("--label_smoothing=1.0: must be in [0, 1)",)),
     "unknown_format": Case("--data_format=xml", ("--data_format=xml: value should be one of",)),
     "unknown_flag": Case(SYN + " --hiden_size=16", ("Unknown command line flag 'hiden_size'",)),
     "missing_flagfile": Case("--flagfile={tmp}/nope.flags", ("Unable to open flagfile", "{tmp}/nope.flags")),

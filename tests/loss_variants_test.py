@@ -124,10 +124,10 @@ def test_corrected_log_q_weight_has_no_gradient():
 
 
 @settings(deadline=None, max_examples=20)
-@given(inputs())
-def test_full_softmax_equals_loop(args):
+@given(inputs(), st.sampled_from([0.0, 0.1, 0.5]))
+def test_full_softmax_equals_loop(args, smoothing):
   out, table, label, _, mask, row_mask, _, _ = args
-  got = loss.full_softmax_loss(out, table, label, mask, row_mask)
+  got = loss.full_softmax_loss(out, table, label, mask, row_mask, label_smoothing=smoothing)
   out64, table64 = out.astype(np.float64), table.astype(np.float64)
   total, count = 0.0, 0
   for b in range(B):
@@ -135,7 +135,9 @@ def test_full_softmax_equals_loop(args):
       if mask[b, l] and row_mask[b]:
         logits = [out64[b, l] @ table64[i] for i in range(1, I)]  # padding item 0 is no candidate
         top = max(logits)
-        total += top + math.log(sum(math.exp(x - top) for x in logits)) - logits[label[b, l] - 1]
+        log_p = [x - top - math.log(sum(math.exp(y - top) for y in logits)) for x in logits]
+        target = [smoothing / (I - 1) + (1 - smoothing) * (i == label[b, l]) for i in range(1, I)]
+        total -= sum(t * lp for t, lp in zip(target, log_p))  # cross-entropy with the smoothed target
         count += 1
   np.testing.assert_allclose(float(got), total / count, rtol=2e-5, atol=2e-5)
 

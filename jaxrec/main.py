@@ -44,6 +44,8 @@ flags.DEFINE_integer("feed_forward_size", 0, "Inner size of a feed-forward sub-l
 flags.DEFINE_float("dropout_rate", 0.0, "Dropout on embeddings and sub-layer outputs.")
 flags.DEFINE_float("attention_dropout_rate", 0.0, "Dropout on attention probabilities.")
 flags.DEFINE_bool("share_embeddings", False, "Tie outputs_embedding to item_embeddings.")
+flags.DEFINE_bool("embedding_layer_norm", False, "LayerNorm on item + position embeddings before the "
+                  "first layer (as BERT and S3Rec-style SASRec code).")
 flags.DEFINE_enum("position_order", "forward", ["forward", "backward"],
                   "forward: first real item has position 0; backward: the most recent has 0.")
 # Training.
@@ -169,7 +171,8 @@ def model_config(num_items: int):
                      hidden_dropout_rate=FLAGS.dropout_rate,
                      attention_dropout_rate=FLAGS.attention_dropout_rate,
                      feed_forward_size=FLAGS.feed_forward_size,
-                     share_embeddings=FLAGS.share_embeddings, position_order=FLAGS.position_order)
+                     share_embeddings=FLAGS.share_embeddings, position_order=FLAGS.position_order,
+                     embedding_layer_norm=FLAGS.embedding_layer_norm)
 
 
 def train_config(num_items: int):

@@ -27,6 +27,7 @@ class ModelConfig:
   feed_forward_size: int = 0  # 0: no feed-forward sub-layer (SPEC); e.g. 256 as in SASRec
   share_embeddings: bool = False  # outputs_embedding tied to item_embeddings
   position_order: str = "forward"  # forward: first real item is 0; backward: most recent is 0
+  embedding_layer_norm: bool = False  # LayerNorm on item + position before dropout (BERT, S3Rec)
   initializer_range: float = 0.02
   layer_norm_epsilon: float = 1e-12
 
@@ -95,6 +96,8 @@ class Seq2Seq(nn.Module):
     self.position_embeddings = nn.Embed(c.seq_length, c.hidden_size, embedding_init=init)
     if not c.share_embeddings:
       self.outputs_embedding = nn.Embed(c.num_items, c.hidden_size, embedding_init=init)
+    if c.embedding_layer_norm:
+      self.embedding_norm = nn.LayerNorm(c.layer_norm_epsilon)
     self.embedding_dropout = nn.Dropout(c.hidden_dropout_rate)
     self.layers = [EncoderLayer(c, name=f"layer_{i}") for i in range(c.num_hidden_layers)]
 
@@ -113,12 +116,15 @@ class Seq2Seq(nn.Module):
     return x_BxLxD
 
   def embed(self, input_ids_BxL, deterministic: bool, item_vectors_BxLxD=None) -> jnp.ndarray:
-    """[B, L, D]: item vectors + position embeddings (none on padding), then dropout."""
+    """[B, L, D]: item vectors + position embeddings (none on padding), optionally
+    LayerNorm-ed per position, then dropout."""
     real_BxLx1 = (input_ids_BxL != 0)[..., None]
     pos_BxLxD = self.position_embeddings(position_ids(input_ids_BxL, self.config.position_order))
     if item_vectors_BxLxD is None:
       item_vectors_BxLxD = self.item_embeddings(input_ids_BxL)
     x_BxLxD = item_vectors_BxLxD + jnp.where(real_BxLx1, pos_BxLxD, 0.0)
+    if self.config.embedding_layer_norm:
+      x_BxLxD = self.embedding_norm(x_BxLxD)
     return self.embedding_dropout(x_BxLxD, deterministic)
 
   def table_names(self) -> tuple:

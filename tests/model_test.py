@@ -28,6 +28,8 @@ CONFIGS = (
     ModelConfig(num_items=NUM_ITEMS, seq_length=LENGTH, hidden_size=8, num_attention_heads=2),
     ModelConfig(num_items=NUM_ITEMS, seq_length=LENGTH, hidden_size=8, num_attention_heads=4,
                 feed_forward_size=8, share_embeddings=True, position_order="backward"),
+    ModelConfig(num_items=NUM_ITEMS, seq_length=LENGTH, hidden_size=8, num_attention_heads=2,
+                feed_forward_size=8, share_embeddings=True, embedding_layer_norm=True),
 )
 
 
@@ -129,6 +131,9 @@ def naive_encode(config: ModelConfig, params, ids_BxL):
     real = [t for t in range(length) if ids_BxL[b, t] != 0]
     x = {t: p["item_embeddings"]["embedding"][ids_BxL[b, t]]
             + p["position_embeddings"]["embedding"][pos_BxL[b, t]] for t in real}
+    if config.embedding_layer_norm:
+      x = {t: _layer_norm(x[t], p["embedding_norm"]["scale"], p["embedding_norm"]["bias"],
+                          config.layer_norm_epsilon) for t in real}
     for i in range(config.num_hidden_layers):
       lp = p[f"layer_{i}"]
       dense = lambda name, v: v @ lp[name]["kernel"] + lp[name]["bias"]
@@ -253,7 +258,7 @@ def test_gradient_of_outputs_up_to_t_ignores_later_item_rows(case, data):
                                      lambda c, *args: jitted_item_grad(c)(*args))
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=("spec", "ffn_shared_backward"))
+@pytest.mark.parametrize("config", CONFIGS, ids=("spec", "ffn_shared_backward", "embedding_norm"))
 def test_reference_and_causality_hold_without_jit(config):
   """The same checks op by op (jax.disable_jit), on one fixed case per config: compiling
   every primitive for eager mode is what costs time here."""

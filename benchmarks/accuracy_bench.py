@@ -122,10 +122,13 @@ def _plot(results, path):
     print("matplotlib not installed (pip install -e '.[bench]'): no plot", file=sys.stderr)
     return
   datasets = list(dict.fromkeys(r["dataset"] for r in results))
+  first_seed = {}  # one curve per flagfile: its lowest seed
+  for r in results:
+    first_seed[r["name"]] = min(r["seed"], first_seed.get(r["name"], r["seed"]))
   fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
   for ax, dataset in zip(axes[0], datasets):
     for r in results:
-      if r["dataset"] == dataset and r["seed"] == min(q["seed"] for q in results if q["name"] == r["name"]):
+      if r["dataset"] == dataset and r["seed"] == first_seed[r["name"]]:
         ax.plot(*zip(*r["curve"]), label=r["name"])
     ax.set_title(dataset, fontsize=9)
     ax.set_xlabel("epoch")

@@ -222,9 +222,9 @@ def _real_job(job, compiles) -> dict:
              "batch_ms_per_step": 1e3 * batch_s / steps, "startup_s": startup_s, "epoch0_s": epoch0_s,
              "compiles_epoch0": compiles_epoch0, "compile_s": compile_s, "compiles_after": compiles_after,
              "cache_entries": cache_entries, "lengths": sorted(set(lengths)), "loss": float(metrics["loss"])}
+    assert real_rows == len(trainer.train_users)
     if not job.get("analyse", True):
       _close(trainer)
-      assert real_rows == len(trainer.train_users)
       return {**timed, "peak_rss_mib": common.peak_rss_mib()}
 
     # Work done in epoch 1: XLA's count at each padded length, scaled per step by its useful
@@ -255,7 +255,6 @@ def _real_job(job, compiles) -> dict:
       real_tokens += n_B.sum()
       padded_tokens += num_rows * length
     _close(trainer)
-  assert real_rows == len(trainer.train_users)
   return {**timed, "gflop_per_step": flops / steps / 1e9, "gflop_per_s": flops / epoch1_s / 1e9,
           "useful_gflop_per_s": useful_flops / epoch1_s / 1e9, "xla_vs_analytic": flops / analytic,
           "real_token_share": real_tokens / padded_tokens, "peak_rss_mib": common.peak_rss_mib()}

@@ -95,9 +95,11 @@ def full_softmax_loss(seq_out_BxLxD, table_IxD, label_BxL, padding_mask_BxL, row
     label_T = jnp.take_along_axis(label_BxL.reshape(groups, -1), index_GxC, axis=1).reshape(-1)
     mask_T = (slots_GxC >= 0).reshape(-1)
   logits_TxI = jnp.einsum("td,id->ti", out_TxD, table_IxD)
-  target_T = jnp.take_along_axis(logits_TxI, label_T[:, None], axis=-1)[:, 0]
+  # The target and the smoothing mean are O(T * D) dot products rather than reads of the
+  # [T, I] logits, whose gradient would then carry an extra [T, I] scatter and slice.
+  target_T = jnp.sum(out_TxD * jnp.take(table_IxD, label_T, axis=0), axis=-1)
   if label_smoothing:
-    mean_T = jnp.mean(logits_TxI[:, 1:], axis=-1)
+    mean_T = out_TxD @ jnp.mean(table_IxD[1:], axis=0)
     target_T = (1.0 - label_smoothing) * target_T + label_smoothing * mean_T
   logits_TxI = logits_TxI.at[:, 0].set(_EXCLUDED)
   nll_T = jax.nn.logsumexp(logits_TxI, axis=-1) - target_T

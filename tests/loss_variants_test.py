@@ -142,6 +142,29 @@ def test_full_softmax_equals_loop(args, smoothing):
   np.testing.assert_allclose(float(got), total / count, rtol=2e-5, atol=2e-5)
 
 
+
+@settings(deadline=None, max_examples=20)
+@given(inputs(), st.sampled_from([0.0, 0.1, 0.5]))
+def test_full_softmax_gradient_equals_closed_form(args, smoothing):
+  """d loss / d logit[t, i] = (softmax - smoothed target) / count, in float64."""
+  out, table, label, _, mask, row_mask, _, _ = args
+  f = lambda o, t: loss.full_softmax_loss(o, t, label, mask, row_mask, label_smoothing=smoothing)
+  got_out, got_table = jax.grad(f, argnums=(0, 1))(out, table)
+  out64, table64 = out.astype(np.float64), table.astype(np.float64)
+  want_out, want_table = np.zeros_like(out64), np.zeros_like(table64)
+  real = [(b, l) for b in range(B) for l in range(L) if mask[b, l] and row_mask[b]]
+  for b, l in real:
+    logits = table64[1:] @ out64[b, l]  # item 0 is no candidate and gets no gradient
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    target = np.full(I - 1, smoothing / (I - 1))
+    target[label[b, l] - 1] += 1 - smoothing
+    d_logits = (p - target) / len(real)
+    want_out[b, l] = d_logits @ table64[1:]
+    want_table[1:] += np.outer(d_logits, out64[b, l])
+  np.testing.assert_allclose(np.asarray(got_out), want_out, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(got_table), want_table, rtol=1e-4, atol=1e-6)
+
 @settings(deadline=None, max_examples=20)
 @given(inputs(), st.sampled_from([1, 2, 4]))
 def test_full_softmax_over_gathered_real_slots(args, groups):

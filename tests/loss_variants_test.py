@@ -142,7 +142,6 @@ def test_full_softmax_equals_loop(args, smoothing):
   np.testing.assert_allclose(float(got), total / count, rtol=2e-5, atol=2e-5)
 
 
-
 @settings(deadline=None, max_examples=20)
 @given(inputs(), st.sampled_from([0.0, 0.1, 0.5]))
 def test_full_softmax_gradient_equals_closed_form(args, smoothing):
@@ -164,6 +163,7 @@ def test_full_softmax_gradient_equals_closed_form(args, smoothing):
     want_table[1:] += np.outer(d_logits, out64[b, l])
   np.testing.assert_allclose(np.asarray(got_out), want_out, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(np.asarray(got_table), want_table, rtol=1e-4, atol=1e-6)
+
 
 @settings(deadline=None, max_examples=20)
 @given(inputs(), st.sampled_from([1, 2, 4]))

@@ -127,9 +127,9 @@ def _plot(results, path):
     first_seed[r["name"]] = min(r["seed"], first_seed.get(r["name"], r["seed"]))
   fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
   for ax, dataset in zip(axes[0], datasets):
-    for r in results:
-      if r["dataset"] == dataset and r["seed"] == first_seed[r["name"]]:
-        ax.plot(*zip(*r["curve"]), label=r["name"])
+    curves = [r for r in results if r["dataset"] == dataset and r["seed"] == first_seed[r["name"]]]
+    for i, r in enumerate(curves):  # the 10 default colours repeat: dash the second round
+      ax.plot(*zip(*r["curve"]), label=r["name"], linestyle="-" if i < 10 else "--")
     ax.set_title(dataset, fontsize=9)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation NDCG@10")

@@ -15,7 +15,6 @@ down sharply when another process keeps a core busy.
 import dataclasses
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -584,8 +583,7 @@ def main(argv):
   sweep_text, sweeps = sweep_section(sizes, ceilings) if "sweeps" in FLAGS.sections else ("", None)
   loss_text = losses_section(sizes, loss_paths) if "losses" in FLAGS.sections else ""
   plotted = bool(plot_out) and sweeps is not None and plot(sizes, sweeps, plot_out)
-  parts = [
-      "## Training throughput" + (" by loss" if FLAGS.sections == ["losses"] else ""), "",
+  intro = [
       f"`{common.command_line('benchmarks.train_bench')}`" + (" (smoke-test sizes)" if FLAGS.quick else ""),
       f"Machine: {common.machine_line()}; {ceilings['device']}, jax {ceilings['jax']}.",
       f"Ceilings, this run: XLA float32 {ceilings['matmul_n']}^3 matmul (default precision) "
@@ -595,11 +593,11 @@ def main(argv):
        "over the epoch's steps, over the epoch's time. Useful: each step's count scaled by its real share "
        "(tokens for dense, feed-forward and lbm; sum n_r^2 vs L^2 for attention; see `matmul_flops`)."
        if "real" in FLAGS.sections else ""),
-      "", real_text, "", sweep_text, "", loss_text,
   ]
-  if plotted:
-    parts += ["", f"![training throughput]({os.path.relpath(plot_out, REPO)})"]
-  markdown = re.sub(r"\n{3,}", "\n\n", "\n".join(parts))  # sections not run leave no gaps
+  blocks = ["## Training throughput" + (" by loss" if FLAGS.sections == ["losses"] else ""),
+            "\n".join(line for line in intro if line), real_text, sweep_text, loss_text,
+            f"![training throughput]({os.path.relpath(plot_out, REPO)})" if plotted else ""]
+  markdown = "\n\n".join(block for block in blocks if block)  # sections not run leave no gap
   print(markdown)
   if markdown_out:
     common.update_section(FLAGS.section_name, markdown, markdown_out)

@@ -11,11 +11,12 @@ Each flagfile runs as `python -m jaxrec.main --flagfile=F --seed=S --workdir=run
 BENCHMARKS.md (section "accuracy_runs") and a plot of validation NDCG@10 per epoch.
 """
 
+import glob
 import json
 import os
+import struct
 import subprocess
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -25,6 +26,8 @@ from benchmarks import common
 flags.DEFINE_list("seeds", ["0"], "Seeds to run each flagfile with; tables show the mean.")
 flags.DEFINE_bool("reuse", False, "Read workdirs that already hold test metrics instead of retraining.")
 flags.DEFINE_string("root", "runs/accuracy", "Where the workdirs go.")
+flags.DEFINE_float("max_gap_minutes", 10, "Gaps between a run's TensorBoard events longer than this "
+                   "(a stop and resume, a pause) are not counted in its minutes.")
 flags.DEFINE_string("plot_out", "benchmarks/accuracy_valid_ndcg.png", "PNG plot path ('' for none).")
 flags.DEFINE_string("markdown_out", common.BENCHMARKS_MD, "Markdown file to update ('' for none).")
 flags.DEFINE_string("section_name", "accuracy_runs", "Name of the BENCHMARKS.md section to write (the "
@@ -50,16 +53,13 @@ def run(flagfile: str, seed: int) -> dict:
   name = os.path.splitext(os.path.basename(flagfile))[0]
   workdir = os.path.join(FLAGS.root, f"{name}_s{seed}")
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  seconds = None
   if not (FLAGS.reuse and os.path.exists(metrics_path) and _rows(metrics_path, "test")):
-    start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "jaxrec.main", f"--flagfile={flagfile}", f"--seed={seed}",
                     f"--workdir={workdir}"], check=True)
-    seconds = time.perf_counter() - start
   valid = _rows(metrics_path, "valid")
   best = max(valid, key=lambda r: r["ndcg@10"])
   return {"name": name, "seed": seed, "valid": best, "test": _rows(metrics_path, "test")[-1],
-          "epochs": max(r["epoch"] for r in valid), "seconds": seconds,
+          "epochs": max(r["epoch"] for r in valid), "minutes": run_minutes(workdir, FLAGS.max_gap_minutes),
           "curve": [(r["epoch"], r["ndcg@10"]) for r in valid],
           "dataset": os.path.basename(flag_value(flagfile, "data_path")) or "synthetic"}
 
@@ -69,13 +69,41 @@ def _rows(path: str, split: str) -> list:
     return [r for r in map(json.loads, f) if r.get("split") == split and "mode" not in r]
 
 
+def run_minutes(workdir: str, max_gap_minutes: float) -> float:
+  """Wall minutes a run spent, from the times of its TensorBoard events (NaN without any).
+
+  A run writes an event when it starts or resumes, at every log step, every validation and the
+  test, so the time between its first and last event is its wall time; gaps longer than
+  max_gap_minutes are a stop before a resume or a pause, and are left out.
+  """
+  times = sorted(_event_times(workdir))
+  gaps = [b - a for a, b in zip(times, times[1:])]
+  return sum(g for g in gaps if g <= 60 * max_gap_minutes) / 60 if times else float("nan")
+
+
+def _event_times(workdir: str):
+  """wall_time of each event in <workdir>/tensorboard; records are framed as TFRecords
+  (u64 length, u32 crc, payload, u32 crc). A record cut short by a killed writer is skipped."""
+  from tensorboardX.proto import event_pb2
+  for path in glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")):
+    with open(path, "rb") as f:
+      data = f.read()
+    start = 0
+    while start + 12 <= len(data):
+      (length,) = struct.unpack("<Q", data[start:start + 8])
+      if start + 16 + length > len(data):
+        break
+      yield event_pb2.Event.FromString(data[start + 12:start + 12 + length]).wall_time
+      start += 16 + length
+
+
 def mean(values) -> float:
-  values = [v for v in values if v is not None]
-  return sum(values) / len(values) if values else float("nan")
+  values = list(values)
+  return sum(values) / len(values)
 
 
-def _minutes(seconds: float) -> str:
-  return "-" if seconds != seconds else f"{seconds / 60:.1f}"  # NaN: reused, not timed
+def _minutes(minutes: float) -> str:
+  return "-" if minutes != minutes else f"{minutes:.1f}"  # NaN: no TensorBoard events
 
 
 def main(argv):
@@ -95,7 +123,7 @@ def main(argv):
       cells += [f"{mean(r['valid'][k] for r in runs):.4f}" for k in KEYS]
       cells += [f"{mean(r['test'][k] for r in runs):.4f}" for k in KEYS]
       cells += [f"{mean(r['valid']['epoch'] for r in runs):.0f} / {mean(r['epochs'] for r in runs):.0f}",
-                _minutes(mean(r["seconds"] for r in runs)),
+                _minutes(mean(r["minutes"] for r in runs)),
                 ", ".join(f"{r['test']['ndcg@10']:.4f}" for r in runs)]
       rows.append(cells)
     header = ["flagfile", "seeds"] + [f"valid {k}" for k in KEYS] + [f"test {k}" for k in KEYS] + \
@@ -106,8 +134,9 @@ def main(argv):
   if FLAGS.markdown_out:
     text = (f"### Runs of the experiment flagfiles\n\n`{common.command_line('benchmarks.accuracy_bench')}` on {common.machine_line()}. "
             "Test metrics are those of the checkpoint with the best validation NDCG@10; each cell is "
-            "the mean over the seeds; minutes are wall time of a whole run (training with validation "
-            "every epoch, then test).\n\n" + body)
+            "the mean over the seeds; minutes are the wall time of a whole run (training with "
+            "validation every epoch, then test), read from its TensorBoard event times, with gaps of "
+            f"more than {FLAGS.max_gap_minutes:g} minutes (a stop and resume, a pause) left out.\n\n" + body)
     common.update_section(FLAGS.section_name, text, FLAGS.markdown_out)
   if FLAGS.plot_out:
     _plot(results, FLAGS.plot_out)

@@ -5,6 +5,7 @@ Nothing here checks a timing. BENCHMARKS.md and the plot go to a temporary direc
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -76,11 +77,12 @@ def test_accuracy_bench_tables_the_runs_it_made(tmp_path):
   assert float(cells[6]) == pytest.approx(sum(tests) / 2, abs=1e-4)  # test ndcg@10, the mean
   assert cells[-1] == ", ".join(f"{t:.4f}" for t in tests)
   assert "<!-- acc:begin -->" in markdown.read_text()
+  assert float(cells[-2]) > 0  # minutes, from the runs' TensorBoard events
+  metrics = (root / "tiny_s0" / "metrics.jsonl").read_text()
   again = run_module("benchmarks.accuracy_bench", str(flagfile), "--seeds=0,1", f"--root={root}", "--reuse",
                      "--markdown_out=", "--plot_out=")
-  reread = table_row(again, "`tiny`")
-  assert reread[:-2] + reread[-1:] == cells[:-2] + cells[-1:]  # read back, not retrained
-  assert reread[-2] == "-"  # reused runs have no minutes
+  assert table_row(again, "`tiny`") == cells  # metrics and minutes read back...
+  assert (root / "tiny_s0" / "metrics.jsonl").read_text() == metrics  # ...not retrained
   one = run_module("benchmarks.accuracy_bench", f"{flagfile}@1", "--seeds=0,1", f"--root={root}", "--reuse",
                    "--markdown_out=", "--plot_out=")
   assert table_row(one, "`tiny`")[0] == "1" and table_row(one, "`tiny`")[-1] == f"{tests[1]:.4f}"
@@ -95,3 +97,23 @@ def test_train_bench_losses_quick(tmp_path):
   assert len(seq_per_s) == 5 and all(float(v.replace(",", "")) > 0 for v in seq_per_s)
   assert len(table_row(out, "compilations after first epoch")) == 5
   assert "<!-- train_losses:begin -->" in markdown.read_text()
+
+
+def test_accuracy_bench_run_minutes_leaves_out_long_gaps(tmp_path):
+  """Two sittings of a run, 80 minutes apart: its minutes are the gaps within each sitting."""
+  from tensorboardX.proto import event_pb2
+  from tensorboardX.record_writer import RecordWriter
+
+  from benchmarks.accuracy_bench import run_minutes
+
+  (tmp_path / "tensorboard").mkdir()
+  for name, times in (("events.out.tfevents.1", [100, 160, 220]), ("events.out.tfevents.2", [5000, 5030])):
+    writer = RecordWriter(str(tmp_path / "tensorboard" / name))
+    for t in times:
+      writer.write(event_pb2.Event(wall_time=t, step=1).SerializeToString())
+    writer.close()
+  with open(tmp_path / "tensorboard" / "events.out.tfevents.2", "ab") as f:
+    f.write(b"\x40" + bytes(11))  # a record cut short by a killed writer: header only
+  assert run_minutes(str(tmp_path), max_gap_minutes=10) == pytest.approx((60 + 60 + 30) / 60)
+  assert run_minutes(str(tmp_path), max_gap_minutes=100) == pytest.approx((5030 - 100) / 60)
+  assert math.isnan(run_minutes(str(tmp_path / "no_run"), max_gap_minutes=10))

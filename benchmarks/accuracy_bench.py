@@ -6,9 +6,12 @@ r"""Accuracy of experiment flagfiles: train each (per seed), report validation a
 A flagfile followed by @SEEDS (e.g. @0 or @0,1) runs with those seeds instead of --seeds.
 
 Each flagfile runs as `python -m jaxrec.main --flagfile=F --seed=S --workdir=runs/accuracy/NAME_sS`
-(the test metrics come from the checkpoint with the best validation NDCG@10). With
---reuse, finished workdirs are read instead of retrained. Writes a table per dataset to
-BENCHMARKS.md (section "accuracy_runs") and a plot of validation NDCG@10 per epoch.
+(the test metrics come from the checkpoint with the best validation NDCG@10). What the
+table needs of each run (best validation row, test row, epochs, minutes, validation curve) is
+kept in a small committed record, benchmarks/accuracy_runs/NAME_sS.json, because workdirs
+(checkpoints, hundreds of MB) are not committed. With --reuse, a finished workdir is read
+instead of retrained and, where the workdir is gone, its record. Writes a table per dataset
+to BENCHMARKS.md (section "accuracy_runs") and a plot of validation NDCG@10 per epoch.
 """
 
 import glob
@@ -22,10 +25,14 @@ from absl import app
 from absl import flags
 
 from benchmarks import common
+from jaxrec import fileio
 
 flags.DEFINE_list("seeds", ["0"], "Seeds to run each flagfile with; tables show the mean.")
 flags.DEFINE_bool("reuse", False, "Read workdirs that already hold test metrics instead of retraining.")
 flags.DEFINE_string("root", "runs/accuracy", "Where the workdirs go.")
+flags.DEFINE_string("records", os.path.join(os.path.dirname(os.path.abspath(__file__)), "accuracy_runs"),
+                    "Where each run's record (NAME_sS.json, what the table needs of it) is kept "
+                    "('' for none).")
 flags.DEFINE_float("max_gap_minutes", 10, "Gaps between a run's TensorBoard events longer than this "
                    "(a stop and resume, a pause) are not counted in its minutes.")
 flags.DEFINE_string("plot_out", "benchmarks/accuracy_valid_ndcg.png", "PNG plot path ('' for none).")
@@ -53,15 +60,26 @@ def run(flagfile: str, seed: int) -> dict:
   name = os.path.splitext(os.path.basename(flagfile))[0]
   workdir = os.path.join(FLAGS.root, f"{name}_s{seed}")
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  if not (FLAGS.reuse and os.path.exists(metrics_path) and _rows(metrics_path, "test")):
+  record = os.path.join(FLAGS.records, f"{name}_s{seed}.json") if FLAGS.records else ""
+  finished = os.path.exists(metrics_path) and _rows(metrics_path, "test")
+  if FLAGS.reuse and not finished and record and os.path.exists(record):
+    with open(record) as f:
+      return json.load(f)
+  if not (FLAGS.reuse and finished):
     subprocess.run([sys.executable, "-m", "jaxrec.main", f"--flagfile={flagfile}", f"--seed={seed}",
                     f"--workdir={workdir}"], check=True)
   valid = _rows(metrics_path, "valid")
   best = max(valid, key=lambda r: r["ndcg@10"])
-  return {"name": name, "seed": seed, "valid": best, "test": _rows(metrics_path, "test")[-1],
-          "epochs": max(r["epoch"] for r in valid), "minutes": run_minutes(workdir, FLAGS.max_gap_minutes),
-          "curve": [(r["epoch"], r["ndcg@10"]) for r in valid],
-          "dataset": os.path.basename(flag_value(flagfile, "data_path")) or "synthetic"}
+  result = {"name": name, "seed": seed, "valid": best, "test": _rows(metrics_path, "test")[-1],
+            "epochs": max(r["epoch"] for r in valid), "minutes": run_minutes(workdir, FLAGS.max_gap_minutes),
+            "curve": [[r["epoch"], r["ndcg@10"]] for r in valid],
+            "dataset": os.path.basename(flag_value(flagfile, "data_path")) or "synthetic"}
+  if record:
+    os.makedirs(FLAGS.records, exist_ok=True)
+    with fileio.atomic_open(record) as f:
+      json.dump(result, f, indent=1)
+      f.write("\n")
+  return result
 
 
 def _rows(path: str, split: str) -> list:

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -64,7 +65,8 @@ def test_accuracy_bench_tables_the_runs_it_made(tmp_path):
                       "--hidden_size=16\n--batch_size=64\n--num_epochs=2\n--learning_rate=0.01\n")
   markdown = tmp_path / "BENCHMARKS.md"
   root = tmp_path / "runs"
-  out = run_module("benchmarks.accuracy_bench", str(flagfile), "--seeds=0,1", f"--root={root}",
+  records = f"--records={tmp_path / 'records'}"
+  out = run_module("benchmarks.accuracy_bench", str(flagfile), "--seeds=0,1", f"--root={root}", records,
                    f"--markdown_out={markdown}", "--section_name=acc", "--plot_out=")
   tests = []
   for seed in (0, 1):
@@ -80,12 +82,19 @@ def test_accuracy_bench_tables_the_runs_it_made(tmp_path):
   assert float(cells[-2]) > 0  # minutes, from the runs' TensorBoard events
   metrics = (root / "tiny_s0" / "metrics.jsonl").read_text()
   again = run_module("benchmarks.accuracy_bench", str(flagfile), "--seeds=0,1", f"--root={root}", "--reuse",
-                     "--markdown_out=", "--plot_out=")
+                     records, "--markdown_out=", "--plot_out=")
   assert table_row(again, "`tiny`") == cells  # metrics and minutes read back...
   assert (root / "tiny_s0" / "metrics.jsonl").read_text() == metrics  # ...not retrained
-  one = run_module("benchmarks.accuracy_bench", f"{flagfile}@1", "--seeds=0,1", f"--root={root}", "--reuse",
+  one = run_module("benchmarks.accuracy_bench", f"{flagfile}@1", f"--root={root}", "--reuse", records,
                    "--markdown_out=", "--plot_out=")
   assert table_row(one, "`tiny`")[0] == "1" and table_row(one, "`tiny`")[-1] == f"{tests[1]:.4f}"
+  shutil.rmtree(root)  # workdirs are not committed; the records are
+  plot = tmp_path / "valid.png"
+  kept = run_module("benchmarks.accuracy_bench", f"{flagfile}@1", f"--root={root}", "--reuse", records,
+                    "--markdown_out=", f"--plot_out={plot}")
+  assert table_row(kept, "`tiny`") == table_row(one, "`tiny`")  # minutes included...
+  assert not root.exists()  # ...read from the record, not retrained
+  assert plot.stat().st_size > 0  # the validation curve comes back from the record too
 
 
 def test_train_bench_losses_quick(tmp_path):

@@ -37,6 +37,7 @@ flags.DEFINE_float("max_gap_minutes", 10, "Gaps between a run's TensorBoard even
                    "(a stop and resume, a pause) are not counted in its minutes.")
 flags.DEFINE_string("plot_out", "benchmarks/accuracy_valid_ndcg.png", "PNG plot path ('' for none).")
 flags.DEFINE_string("markdown_out", common.BENCHMARKS_MD, "Markdown file to update ('' for none).")
+flags.DEFINE_string("title", "Runs of the experiment flagfiles", "Heading of the section written.")
 flags.DEFINE_string("section_name", "accuracy_runs", "Name of the BENCHMARKS.md section to write (the "
                     "generated table inside the hand-written \"accuracy\" account).")
 FLAGS = flags.FLAGS
@@ -76,9 +77,8 @@ def run(flagfile: str, seed: int) -> dict:
             "dataset": os.path.basename(flag_value(flagfile, "data_path")) or "synthetic"}
   if record:
     os.makedirs(FLAGS.records, exist_ok=True)
-    with fileio.atomic_open(record) as f:
-      json.dump(result, f, indent=1)
-      f.write("\n")
+    with fileio.atomic_open(record) as f:  # one line per field: short, readable diffs
+      f.write("{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in result.items()) + "\n}\n")
   return result
 
 
@@ -150,7 +150,7 @@ def main(argv):
   body = "\n\n".join(sections)
   print(body)
   if FLAGS.markdown_out:
-    text = (f"### Runs of the experiment flagfiles\n\n`{common.command_line('benchmarks.accuracy_bench')}` on {common.machine_line()}. "
+    text = (f"### {FLAGS.title}\n\n`{common.command_line('benchmarks.accuracy_bench')}` on {common.machine_line()}. "
             "Test metrics are those of the checkpoint with the best validation NDCG@10; each cell is "
             "the mean over the seeds; minutes are the wall time of a whole run (training with "
             "validation every epoch, then test), read from its TensorBoard event times, with gaps of "

@@ -4,6 +4,7 @@ import os
 import platform
 import re
 import resource
+import shlex
 import sys
 import time
 
@@ -88,4 +89,4 @@ def update_section(name: str, body: str, path: str = "") -> None:
 
 def command_line(module: str) -> str:
   """The exact command that reproduces this run, e.g. `python -m benchmarks.recall_bench --users 20000`."""
-  return " ".join(["python -m", module] + sys.argv[1:])
+  return "python -m " + shlex.join([module] + sys.argv[1:])

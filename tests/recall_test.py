@@ -119,6 +119,20 @@ def test_exact_matches_note_loop(faiss_threads, seed, num_users, num_items, dim,
   assert (np.isneginf(scores) == (items < 0)).all()
 
 
+@pytest.mark.parametrize("kind, threads", [("normal", 1), ("near_ties", 1), ("near_ties", 2), ("ties", 1)])
+def test_exact_unknown_one_query_arithmetic_matches_note_loop(faiss_threads, monkeypatch, kind, threads):
+  """Where faiss's one-query arithmetic cannot be told (as on some CPUs), the users whose
+  lists hold near-tied items are searched one at a time: still the note's lists."""
+  faiss_threads(threads)
+  monkeypatch.setattr(recall, "_single_query_scoring", lambda index, item_emb: "single")
+  arrays = make_arrays(8, 150, 3000, 24, 30, kind)
+  expected = note_loop(arrays["user_emb"], arrays["item_emb"],
+                       arrays["visited_indptr"], arrays["visited_indices"], 40)
+  items, scores = _recall(arrays, 40, batch_size=64)
+  assert _lists(items) == expected
+  assert (np.diff(scores, axis=1) <= 0).all()
+
+
 def test_exact_heavy_visitor_matches_note_loop():
   # One user visits far more than the rest: K is sized for the others first.
   arrays = make_arrays(8, 150, 2000, 16, 5)

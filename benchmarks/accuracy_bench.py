@@ -28,7 +28,8 @@ from benchmarks import common
 from jaxrec import fileio
 
 flags.DEFINE_list("seeds", ["0"], "Seeds to run each flagfile with; tables show the mean.")
-flags.DEFINE_bool("reuse", False, "Read workdirs that already hold test metrics instead of retraining.")
+flags.DEFINE_bool("reuse", False, "Read workdirs that already hold test metrics, or else the runs' "
+                  "records, instead of retraining.")
 flags.DEFINE_string("root", "runs/accuracy", "Where the workdirs go.")
 flags.DEFINE_string("records", os.path.join(os.path.dirname(os.path.abspath(__file__)), "accuracy_runs"),
                     "Where each run's record (NAME_sS.json, what the table needs of it) is kept "

@@ -252,7 +252,8 @@ def _simd_scores(user_BxD, item_emb, ids_BxK) -> np.ndarray:
 
 
 def _single_query_scoring(index: faiss.Index, item_emb: np.ndarray) -> str:
-  """How a one-query `index.search` scores here: "simd" or "blas" (step 1 above).
+  """How a one-query `index.search` scores here: "simd" or "blas" (step 1 above),
+  or "single" where it matches neither (step 5).
 
   Uses the current faiss thread count, as the one-user search it must match does.
   """

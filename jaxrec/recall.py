@@ -52,14 +52,14 @@ MARGIN = 16
 #      faiss orders its results: score descending, then item index descending.
 #   4. A user's list is final only if its last item beats every non-candidate by
 #      more than the rounding error: two float32 evaluations of u.v, in any
-#      summation order, differ by at most about 2*D*2^-24*|u||v|; we allow
-#      (D+2)*2^-23*|u|*max|v|. Otherwise the user is searched again with a
-#      larger K (all items at worst).
+#      summation order, differ by at most about 2*D*2^-24*sum_k|u_k v_k|; we allow
+#      (D+2)*2^-23*|u|*max|v| (`_error_factor`). Otherwise the user is searched
+#      again with a larger K (all items at worst).
 #   5. Where a one-user search matches neither (seen with faiss 1.15 on an AVX-512
 #      AMD EPYC, 2 threads, >= 10k items: its one-row sgemm rounds unlike a batched
-#      one), lists come from sgemm one item longer, and each user whose consecutive
-#      scores come within twice that bound is searched alone, as the note does
-#      (about half the users on random data: 3x the time on 2 threads).
+#      one), lists come from sgemm one item longer, and each user with two
+#      consecutive items whose scores could swap (gap <= the sum of the two items'
+#      own bounds, (D+2)*2^-23*sum_k|u_k v_k|) is searched alone, as the note does.
 # Only a tie group that reaches the note's own k-th result (>= 23*top_n items
 # with one score) can still differ: there faiss keeps an arbitrary subset.
 
@@ -251,6 +251,21 @@ def _simd_scores(user_BxD, item_emb, ids_BxK) -> np.ndarray:
   return scores_BxK
 
 
+def _error_factor(dim: int) -> float:
+  """Two float32 evaluations of u.v, summed in any order, differ by at most
+  2 * gamma_D * sum_k |u_k v_k| (gamma_D = D u / (1 - D u), u = 2^-24); this factor,
+  times sum_k |u_k v_k| (or the larger |u| |v|), bounds that with room to spare."""
+  return (dim + 2) * float(np.finfo(np.float32).eps)
+
+
+def _pair_error(user_BxD, item_emb, ids_BxM) -> np.ndarray:
+  """The bound of `_error_factor` for each listed (user, item) pair: [B, M] float64
+  (0 where the id is -1)."""
+  items_BxMxD = np.abs(item_emb[np.maximum(ids_BxM, 0)], dtype=np.float64)
+  sums_BxM = np.einsum("bmd,bd->bm", items_BxMxD, np.abs(user_BxD, dtype=np.float64))
+  return np.where(ids_BxM >= 0, _error_factor(item_emb.shape[1]) * sums_BxM, 0.0)
+
+
 def _single_query_scoring(index: faiss.Index, item_emb: np.ndarray) -> str:
   """How a one-query `index.search` scores here: "simd" or "blas" (step 1 above),
   or "single" where it matches neither (step 5).
@@ -335,8 +350,12 @@ def _recall_batch(index, scoring, item_emb, user_BxD, error_B, indptr, indices,
     # that search is run for them (all users only when items come in tie groups).
     ids_BxM, scores_BxM, _ = _recall_batch(index, "blas", item_emb, user_BxD, error_B, indptr,
                                            indices, min(top_n + 1, num_items))
+    # Each listed item's own bound; the last one stands for every item after it.
+    item_error_BxM = _pair_error(user_BxD, item_emb, ids_BxM)
+    item_error_BxM[:, -1] = error_B
     gaps_BxM = scores_BxM[:, :-1] - scores_BxM[:, 1:]
-    close_B = ((gaps_BxM <= 2 * error_B[:, None]) & np.isfinite(scores_BxM[:, 1:])).any(axis=1)
+    close_BxM = gaps_BxM <= item_error_BxM[:, :-1] + item_error_BxM[:, 1:]
+    close_B = (close_BxM & np.isfinite(scores_BxM[:, 1:])).any(axis=1)
     ids_BxN, scores_BxN = ids_BxM[:, :top_n].copy(), scores_BxM[:, :top_n].copy()
     for b in np.flatnonzero(close_B):
       ids_BxN[b], scores_BxN[b] = _one_user(index, user_BxD[b], indices[indptr[b]:indptr[b + 1]],
@@ -438,8 +457,7 @@ def recall_top_n(user_emb: np.ndarray, item_emb: np.ndarray,
   # Bound on |batched score - one-query score| per user (step 4 above).
   max_item_norm = np.sqrt((item_emb.astype(np.float64) ** 2).sum(1).max())
   user_norm_U = np.sqrt((user_emb.astype(np.float64) ** 2).sum(1))
-  error_U = ((item_emb.shape[1] + 2) * float(np.finfo(np.float32).eps)
-             * user_norm_U * max_item_norm)
+  error_U = _error_factor(item_emb.shape[1]) * user_norm_U * max_item_norm
   if error_U.max(initial=0) > 1e30:
     raise errors.InputError("embeddings too large: inner products overflow float32")
   items_UxN = np.full((num_users, top_n), -1, np.int64)

@@ -7,6 +7,8 @@ import sys
 import faiss
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jaxrec import errors
 from jaxrec import recall
@@ -131,6 +133,43 @@ def test_exact_unknown_one_query_arithmetic_matches_note_loop(faiss_threads, mon
   items, scores = _recall(arrays, 40, batch_size=64)
   assert _lists(items) == expected
   assert (np.diff(scores, axis=1) <= 0).all()
+
+
+@settings(deadline=None, max_examples=30)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 130), st.sampled_from([1, 2]),
+       st.sampled_from([300, 10240]))
+def test_rounding_bound_holds_per_pair(seed, dim, threads, num_items):
+  """Every float32 score faiss gives (one-query search, SIMD by index, batched sgemm)
+  is within half `_pair_error` of the float64 inner product, so any two differ by at
+  most `_pair_error`: the bound that decides which users are searched alone."""
+  rng = np.random.default_rng(seed)
+  # Norms spread over four decades, so a bound from max|v| would be far looser.
+  # (>= 10k items on 2 threads: the one-row sgemm of step 5.)
+  items = rng.standard_normal((num_items, dim)) * 10.0 ** rng.uniform(-2, 2, (num_items, 1))
+  users = rng.standard_normal((20, dim)) * 10.0 ** rng.uniform(-2, 2, (20, 1))
+  items, users = items.astype(np.float32), users.astype(np.float32)
+  ids = np.tile(np.arange(len(items)), (len(users), 1))
+  exact = users.astype(np.float64) @ items.astype(np.float64).T
+  bound = recall._pair_error(users, items, ids)
+  old = faiss.omp_get_max_threads()
+  faiss.omp_set_num_threads(threads)
+  try:
+    index = faiss.IndexFlatIP(dim)
+    index.add(items)
+    with recall._blas_search():
+      batched = _scores_by_id(*index.search(users, len(items)))
+    single = np.concatenate([_scores_by_id(*index.search(u[None], len(items))) for u in users])
+  finally:
+    faiss.omp_set_num_threads(old)
+  for scores in (batched, single, recall._simd_scores(users, items, ids)):
+    assert (np.abs(scores - exact) <= bound / 2).all()
+
+
+def _scores_by_id(scores_BxK, ids_BxK):
+  """Search results back in item order: [B, I] with every item listed once."""
+  out = np.empty(scores_BxK.shape, np.float64)
+  np.put_along_axis(out, ids_BxK, scores_BxK, axis=1)
+  return out
 
 
 def test_exact_heavy_visitor_matches_note_loop():

@@ -55,11 +55,16 @@ MARGIN = 16
 #      summation order, differ by at most about 2*D*2^-24*sum_k|u_k v_k|; we allow
 #      (D+2)*2^-23*|u|*max|v| (`_error_factor`). Otherwise the user is searched
 #      again with a larger K (all items at worst).
-#   5. Where a one-user search matches neither (seen with faiss 1.15 on an AVX-512
-#      AMD EPYC, 2 threads, >= 10k items: its one-row sgemm rounds unlike a batched
-#      one), lists come from sgemm one item longer, and each user with two
-#      consecutive items whose scores could swap (gap <= the sum of the two items'
-#      own bounds, (D+2)*2^-23*sum_k|u_k v_k|) is searched alone, as the note does.
+#   5. Where a one-user search matches neither (faiss 1.15 splits >= 10k items over
+#      its threads and scores each block with a one-row sgemm, which on an AVX-512
+#      AMD EPYC rounds unlike a batched one), lists come from sgemm MARGIN items
+#      longer, and each user with two of the first top_n + 1 items whose scores
+#      could swap (gap <= the sum of the two items' own bounds,
+#      (D+2)*2^-23*sum_k|u_k v_k|) has them rescored with a one-query sgemm over just
+#      the listed items ("row": that score depends on the item alone, which
+#      `_single_query_scoring` checks). If an unlisted item could still enter the
+#      first top_n, or no such rescoring matches ("single"), the user is searched
+#      alone, as the note does.
 # Only a tie group that reaches the note's own k-th result (>= 23*top_n items
 # with one score) can still differ: there faiss keeps an arbitrary subset.
 
@@ -261,14 +266,28 @@ def _error_factor(dim: int) -> float:
 def _pair_error(user_BxD, item_emb, ids_BxM) -> np.ndarray:
   """The bound of `_error_factor` for each listed (user, item) pair: [B, M] float64
   (0 where the id is -1)."""
-  items_BxMxD = np.abs(item_emb[np.maximum(ids_BxM, 0)], dtype=np.float64)
-  sums_BxM = np.einsum("bmd,bd->bm", items_BxMxD, np.abs(user_BxD, dtype=np.float64))
+  user_BxD = np.abs(user_BxD, dtype=np.float64)
+  sums_BxM = np.empty(ids_BxM.shape)
+  for m in range(ids_BxM.shape[1]):  # a column at a time: no [B, M, D] copy
+    items_BxD = np.abs(item_emb[np.maximum(ids_BxM[:, m], 0)], dtype=np.float64)
+    sums_BxM[:, m] = np.einsum("bd,bd->b", items_BxD, user_BxD)
   return np.where(ids_BxM >= 0, _error_factor(item_emb.shape[1]) * sums_BxM, 0.0)
+
+
+def _row_scores(user_D, item_emb, ids) -> np.ndarray:
+  """u.v for the given items (no -1), each as a one-query sgemm scores it (step 5)."""
+  index = faiss.IndexFlatIP(item_emb.shape[1])
+  index.add(item_emb[ids])
+  with _blas_search():
+    scores_1xK, pos_1xK = index.search(user_D[None], len(ids))
+  scores = np.empty(len(ids), np.float32)
+  scores[pos_1xK[0]] = scores_1xK[0]
+  return scores
 
 
 def _single_query_scoring(index: faiss.Index, item_emb: np.ndarray) -> str:
   """How a one-query `index.search` scores here: "simd" or "blas" (step 1 above),
-  or "single" where it matches neither (step 5).
+  "row" (a one-query sgemm, step 5) or "single" where it matches none of them.
 
   Uses the current faiss thread count, as the one-user search it must match does.
   """
@@ -284,6 +303,8 @@ def _single_query_scoring(index: faiss.Index, item_emb: np.ndarray) -> str:
     blas_scores, blas_ids = index.search(queries, k)
   if np.array_equal(scores, blas_scores) and np.array_equal(ids, blas_ids):
     return "blas"
+  if all(np.array_equal(s, _row_scores(q, item_emb, i)) for q, s, i in zip(queries, scores, ids)):
+    return "row"
   console.info("%s: cannot tell how faiss %s scores one query here; users whose "
                "lists hold near-tied items are searched one at a time", PROG, faiss.__version__)
   return "single"
@@ -334,32 +355,53 @@ def _one_user(index, user_D, visited, top_n, num_items):
     k = min(num_items, 2 * k)
 
 
+def _rescored(user_D, item_emb, ids_M, scores_M, error, top_n):
+  """A user's sgemm list reordered by one-query sgemm scores: (items [N], scores [N]),
+  or None where an item outside the list could still enter its first top_n."""
+  listed = ids_M[ids_M >= 0]
+  row = _row_scores(user_D, item_emb, listed)
+  order = np.lexsort((-listed, -row))  # as faiss orders: score desc, then id desc
+  listed, row = listed[order], row[order]
+  # Every unvisited item listed, or the top_n-th beats any item after the list.
+  if not (len(listed) < len(ids_M) or len(ids_M) == len(item_emb)
+          or row[top_n - 1] > scores_M[-1] + error):
+    return None
+  ids_N = np.full(top_n, -1, np.int64)
+  scores_N = np.full(top_n, -np.inf, np.float32)
+  ids_N[:min(top_n, len(listed))] = listed[:top_n]
+  scores_N[:min(top_n, len(listed))] = row[:top_n]
+  return ids_N, scores_N
+
+
 def _recall_batch(index, scoring, item_emb, user_BxD, error_B, indptr, indices,
                   top_n):
   """Top-n unvisited items for one batch of users; see "Exactness" above.
 
-  `scoring` is "simd" or "blas" for the exact index, "single" for an exact index
-  whose one-query arithmetic is unknown, "index" for an approximate one (its own
+  `scoring` is "simd", "blas" or "row" for the exact index, "single" for an exact
+  index whose one-query arithmetic is unknown, "index" for an approximate one (its own
   scores, one retry with a larger K). `indptr` [B+1] and `indices` are the
   batch's visits. Returns (items [B, N], scores [B, N], rows left short).
   """
   num_users, num_items = len(user_BxD), len(item_emb)
-  if scoring == "single":
-    # Lists from sgemm, one item longer; a user whose consecutive scores come within
-    # twice the rounding bound could be ordered otherwise by a one-user search, so
-    # that search is run for them (all users only when items come in tie groups).
+  if scoring in ("row", "single"):
+    # Lists from sgemm, a little longer; a user with two of the first top_n + 1 items
+    # whose scores could swap is rescored (step 5).
+    num_listed = min(top_n + (MARGIN if scoring == "row" else 1), num_items)
     ids_BxM, scores_BxM, _ = _recall_batch(index, "blas", item_emb, user_BxD, error_B, indptr,
-                                           indices, min(top_n + 1, num_items))
-    # Each listed item's own bound; the last one stands for every item after it.
-    item_error_BxM = _pair_error(user_BxD, item_emb, ids_BxM)
-    item_error_BxM[:, -1] = error_B
-    gaps_BxM = scores_BxM[:, :-1] - scores_BxM[:, 1:]
-    close_BxM = gaps_BxM <= item_error_BxM[:, :-1] + item_error_BxM[:, 1:]
-    close_B = (close_BxM & np.isfinite(scores_BxM[:, 1:])).any(axis=1)
+                                           indices, num_listed)
+    # Each item's own bound; the (top_n + 1)-th stands for every item after it.
+    n1 = min(top_n + 1, num_listed)
+    item_error_BxN1 = _pair_error(user_BxD, item_emb, ids_BxM[:, :n1])
+    item_error_BxN1[:, -1] = error_B
+    gaps_BxN = scores_BxM[:, :n1 - 1] - scores_BxM[:, 1:n1]
+    close_BxN = gaps_BxN <= item_error_BxN1[:, :-1] + item_error_BxN1[:, 1:]
+    close_B = (close_BxN & np.isfinite(scores_BxM[:, 1:n1])).any(axis=1)
     ids_BxN, scores_BxN = ids_BxM[:, :top_n].copy(), scores_BxM[:, :top_n].copy()
     for b in np.flatnonzero(close_B):
-      ids_BxN[b], scores_BxN[b] = _one_user(index, user_BxD[b], indices[indptr[b]:indptr[b + 1]],
-                                            top_n, num_items)
+      found = (_rescored(user_BxD[b], item_emb, ids_BxM[b], scores_BxM[b], error_B[b], top_n)
+               if scoring == "row" else None)
+      ids_BxN[b], scores_BxN[b] = found or _one_user(
+          index, user_BxD[b], indices[indptr[b]:indptr[b + 1]], top_n, num_items)
     return ids_BxN, scores_BxN, np.zeros(0, np.int64)
   exact = scoring != "index"
   visits_B = np.diff(indptr)

@@ -102,6 +102,7 @@ def _lists(items_UxN):
         # >= 10k items on 2 threads: faiss scores one query with sgemm there.
         (3, 60, 10240, 32, 30, 50, 2, "normal"),
         (4, 60, 10240, 32, 30, 50, 2, "near_ties"),
+        (9, 300, 20000, 64, 30, 50, 2, "normal"),
         # Small catalog: k is capped at the number of items.
         (5, 200, 60, 8, 40, 20, 1, "normal"),
         # Many (repeated) visits; some users have fewer than top_n unvisited items.
@@ -139,8 +140,8 @@ def test_exact_unknown_one_query_arithmetic_matches_note_loop(faiss_threads, mon
 @given(st.integers(0, 2**32 - 1), st.integers(1, 130), st.sampled_from([1, 2]),
        st.sampled_from([300, 10240]))
 def test_rounding_bound_holds_per_pair(seed, dim, threads, num_items):
-  """Every float32 score faiss gives (one-query search, SIMD by index, batched sgemm)
-  is within half `_pair_error` of the float64 inner product, so any two differ by at
+  """Every float32 score faiss gives (one-query search, SIMD by index, batched sgemm,
+  one-query sgemm) is within half `_pair_error` of the float64 inner product, so any two differ by at
   most `_pair_error`: the bound that decides which users are searched alone."""
   rng = np.random.default_rng(seed)
   # Norms spread over four decades, so a bound from max|v| would be far looser.
@@ -161,7 +162,8 @@ def test_rounding_bound_holds_per_pair(seed, dim, threads, num_items):
     single = np.concatenate([_scores_by_id(*index.search(u[None], len(items))) for u in users])
   finally:
     faiss.omp_set_num_threads(old)
-  for scores in (batched, single, recall._simd_scores(users, items, ids)):
+  rows = np.stack([recall._row_scores(u, items, np.arange(len(items))) for u in users])
+  for scores in (batched, single, rows, recall._simd_scores(users, items, ids)):
     assert (np.abs(scores - exact) <= bound / 2).all()
 
 
@@ -170,6 +172,23 @@ def _scores_by_id(scores_BxK, ids_BxK):
   out = np.empty(scores_BxK.shape, np.float64)
   np.put_along_axis(out, ids_BxK, scores_BxK, axis=1)
   return out
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_row_scores_match_one_query_search_where_detected(faiss_threads, threads):
+  """Where `_single_query_scoring` says "row", a one-query sgemm over a few items in any
+  order gives each the score of a one-query search over the whole catalog."""
+  faiss_threads(threads)
+  arrays = make_arrays(10, 40, 12000, 64, 0)
+  items = arrays["item_emb"]
+  index = recall.build_index(items, recall.IndexConfig())
+  if recall._single_query_scoring(index, items) != "row":
+    pytest.skip("faiss scores one query otherwise on this machine")
+  rng = np.random.default_rng(0)
+  for user in arrays["user_emb"]:
+    scores, ids = index.search(user[None], 80)
+    order = rng.permutation(80)
+    assert np.array_equal(recall._row_scores(user, items, ids[0][order]), scores[0][order])
 
 
 def test_exact_heavy_visitor_matches_note_loop():

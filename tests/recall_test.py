@@ -7,7 +7,7 @@ import sys
 import faiss
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jaxrec import errors
@@ -136,13 +136,15 @@ def test_exact_unknown_one_query_arithmetic_matches_note_loop(faiss_threads, mon
   assert (np.diff(scores, axis=1) <= 0).all()
 
 
-@settings(deadline=None, max_examples=30)
+# faiss_threads is set anew in each example and restored once, after the last.
+@settings(deadline=None, max_examples=30,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.integers(0, 2**32 - 1), st.integers(1, 130), st.sampled_from([1, 2]),
        st.sampled_from([300, 10240]))
-def test_rounding_bound_holds_per_pair(seed, dim, threads, num_items):
+def test_rounding_bound_holds_per_pair(faiss_threads, seed, dim, threads, num_items):
   """Every float32 score faiss gives (one-query search, SIMD by index, batched sgemm,
-  one-query sgemm) is within half `_pair_error` of the float64 inner product, so any two differ by at
-  most `_pair_error`: the bound that decides which users are searched alone."""
+  one-query sgemm) is within half `_pair_error` of the float64 inner product, so any two
+  differ by at most `_pair_error`: the bound that decides which users are rescored."""
   rng = np.random.default_rng(seed)
   # Norms spread over four decades, so a bound from max|v| would be far looser.
   # (>= 10k items on 2 threads: the one-row sgemm of step 5.)
@@ -152,16 +154,12 @@ def test_rounding_bound_holds_per_pair(seed, dim, threads, num_items):
   ids = np.tile(np.arange(len(items)), (len(users), 1))
   exact = users.astype(np.float64) @ items.astype(np.float64).T
   bound = recall._pair_error(users, items, ids)
-  old = faiss.omp_get_max_threads()
-  faiss.omp_set_num_threads(threads)
-  try:
-    index = faiss.IndexFlatIP(dim)
-    index.add(items)
-    with recall._blas_search():
-      batched = _scores_by_id(*index.search(users, len(items)))
-    single = np.concatenate([_scores_by_id(*index.search(u[None], len(items))) for u in users])
-  finally:
-    faiss.omp_set_num_threads(old)
+  faiss_threads(threads)
+  index = faiss.IndexFlatIP(dim)
+  index.add(items)
+  with recall._blas_search():
+    batched = _scores_by_id(*index.search(users, len(items)))
+  single = np.concatenate([_scores_by_id(*index.search(u[None], len(items))) for u in users])
   rows = np.stack([recall._row_scores(u, items, np.arange(len(items))) for u in users])
   for scores in (batched, single, rows, recall._simd_scores(users, items, ids)):
     assert (np.abs(scores - exact) <= bound / 2).all()

@@ -124,15 +124,18 @@ class CompileCounter:
 
 def _first_users(log, num_users: int):
   """The log restricted to its first `num_users` users (the item vocabulary is kept)."""
-  from jaxrec import data
+  from jaxrec import click_log
+  from jaxrec import input_pipeline
   n = min(num_users, log.num_users)
-  return data.ClickLog(log.user_ids[:n], log.item_ids, log.indptr[:n + 1], log.items[:log.indptr[n]])
+  return click_log.ClickLog(log.user_ids[:n], log.item_ids, log.indptr[:n + 1], log.items[:log.indptr[n]])
 
 
 def _trainer(job, log, workdir):
-  from jaxrec import data
+  from jaxrec import click_log
+  from jaxrec import input_pipeline
   from jaxrec.model import ModelConfig
-  from jaxrec.train import LossConfig, Trainer, TrainConfig
+  from jaxrec.step import LossConfig
+  from jaxrec.train import Trainer, TrainConfig
   model = ModelConfig(num_items=log.num_items, seq_length=job["seq_length"], hidden_size=job["hidden_size"],
                       num_attention_heads=job["num_heads"], num_hidden_layers=job["num_layers"],
                       feed_forward_size=job.get("feed_forward_size", 0),
@@ -146,7 +149,7 @@ def _trainer(job, log, workdir):
                        bucket_lengths=tuple(job.get("bucket_lengths", ())),
                        short_length=job.get("short_length", 0),
                        sparse_embedding_updates=job.get("sparse", False), loss=loss)
-  return Trainer(config, data.leave_one_out(log), workdir)
+  return Trainer(config, click_log.leave_one_out(log), workdir)
 
 
 def _close(trainer):
@@ -154,17 +157,9 @@ def _close(trainer):
   trainer.best.close()
 
 
-def _jitted_step(trainer):
-  """(the jitted step, its arguments after (state, batch)); `train_step` may wrap the jitted one."""
-  if hasattr(trainer.train_step, "lower"):
-    return trainer.train_step, ()
-  return trainer.jitted_step, (trainer.item_log_q,)
-
-
 def _step_flops(trainer, state, batch) -> float:
   """XLA's FLOP count of one compiled train step (fwd + bwd + optimizer)."""
-  jitted, extra = _jitted_step(trainer)
-  cost = jitted.lower(state, batch, *extra).compile().cost_analysis()
+  cost = trainer.jitted_step.lower(state, batch, trainer.item_log_q).compile().cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
   return float(cost["flops"])
@@ -173,11 +168,12 @@ def _step_flops(trainer, state, batch) -> float:
 def _real_job(job, compiles) -> dict:
   """Three epochs on the real data: compile + warm-up, timed with host batching, timed prebuilt."""
   import jax
-  from jaxrec import data
+  from jaxrec import click_log
+  from jaxrec import input_pipeline
   if job["data_path"]:
-    log = data.read_click_log(job["data_path"])
+    log = click_log.read_click_log(job["data_path"])
   else:
-    log = data.synthetic_click_log(job["synthetic_users"], job["synthetic_items"], seed=0)
+    log = click_log.synthetic_click_log(job["synthetic_users"], job["synthetic_items"], seed=0)
   if job["users"]:
     log = _first_users(log, job["users"])
   with tempfile.TemporaryDirectory() as workdir:
@@ -216,8 +212,7 @@ def _real_job(job, compiles) -> dict:
     jax.block_until_ready((state, metrics))
     epoch2_s = time.perf_counter() - epoch2_start
     compiles_after = compiles.count - compiles_epoch0
-    jitted, _ = _jitted_step(trainer)
-    cache_entries = jitted._cache_size() if hasattr(jitted, "_cache_size") else -1
+    cache_entries = trainer.jitted_step._cache_size()
     timed = {"steps": steps, "rows": real_rows, "seq_per_s": real_rows / epoch1_s,
              "ms_per_step": 1e3 * epoch1_s / steps, "ms_per_step_prebuilt": 1e3 * epoch2_s / steps,
              "batch_ms_per_step": 1e3 * batch_s / steps, "startup_s": startup_s, "epoch0_s": epoch0_s,
@@ -240,12 +235,12 @@ def _real_job(job, compiles) -> dict:
     model = dict(hidden=c.hidden_size, layers=c.num_hidden_layers, feed_forward=c.feed_forward_size)
     useful_flops = analytic = real_tokens = padded_tokens = 0.0
     for batch in prebuilt:
-      ids_BxL = np.asarray(batch["input_ids"])
+      ids_BxL = np.asarray(batch.input_ids)
       n_B = (ids_BxL != 0).sum(axis=1)
       num_rows, length = ids_BxL.shape
-      if "short_ids" in batch:  # --short_length: two encoder groups (lbm counted per group)
-        order, width = np.asarray(batch["order"]), batch["short_ids"].shape[1]
-        short, long = order[:batch["short_ids"].shape[0]], order[batch["short_ids"].shape[0]:]
+      if batch.short_ids is not None:  # --short_length: two encoder groups (lbm counted per group)
+        order, width = np.asarray(batch.order), batch.short_ids.shape[1]
+        short, long = order[:batch.short_ids.shape[0]], order[batch.short_ids.shape[0]:]
         computed = (matmul_flops(n_B[short], len(short), width, useful=False, **model)
                     + matmul_flops(n_B[long], len(long), length, useful=False, **model))
       else:
@@ -263,14 +258,16 @@ def _real_job(job, compiles) -> dict:
 
 def _shape_key(batch) -> tuple:
   """The shape a batch compiles for: (L,), split by length (L, short width), --loss=full + capacity."""
-  return tuple(batch[k].shape[1] for k in ("input_ids", "short_ids", "slots") if k in batch)
+  return tuple(getattr(batch, k).shape[1] for k in ("input_ids", "short_ids", "slots")
+               if getattr(batch, k) is not None)
 
 
 def _sweep_job(job, compiles) -> dict:
   """Synthetic data, buckets off: warm-up steps, then `timed_steps` timed; optionally Adam alone."""
   import jax
-  from jaxrec import data
-  log = data.synthetic_click_log(job["users"], job["items"], seed=0)
+  from jaxrec import click_log
+  from jaxrec import input_pipeline
+  log = click_log.synthetic_click_log(job["users"], job["items"], seed=0)
   with tempfile.TemporaryDirectory() as workdir:
     trainer = _trainer(job, log, workdir)
     state = trainer.init_state()
@@ -450,7 +447,7 @@ def losses_section(sizes: Sizes, data_paths: list) -> str:
           f"{sizes.batch_size}, seq_length {sizes.seq_length}, hidden {sizes.hidden_size}, {sizes.num_heads} "
           f"heads, {sizes.num_layers} layers, all users. Epoch 1 compiles and warms up; sequences/s and ms/step "
           "are over epoch 2 (host batching included); epoch 3 reruns with its batches built beforehand. "
-          "`--loss=full` compiles once per slot capacity (data.slot_capacity) it meets."]
+          "`--loss=full` compiles once per slot capacity (input_pipeline.slot_capacity) it meets."]
   for path in data_paths:
     results = []
     for name, overrides in LOSSES:
@@ -501,7 +498,7 @@ def sweep_section(sizes: Sizes, ceilings: dict) -> tuple[str, dict]:
   ratio = sweeps["catalog"][-1]["ms_per_step"] / base
   sparse_ratio = sweeps["catalog_sparse"][-1]["ms_per_step"] / base
   text = [
-      f"Synthetic data (`jaxrec.data.synthetic_click_log`, {sizes.sweep_users:,} users), buckets off, "
+      f"Synthetic data (`jaxrec.click_log.synthetic_click_log`, {sizes.sweep_users:,} users), buckets off, "
       f"{sizes.timed_steps} steps timed after {sizes.warmup_steps} warm-up step(s); other sizes as above "
       f"({sizes.sweep_items:,} items unless swept).", "",
       common.markdown_table(["batch size", *header], rows(sizes.batch_sweep, sweeps["batch"])), "",

@@ -26,9 +26,7 @@ def multi_head_attention(q_BxLxD, k_BxLxD, v_BxLxD, bias_Bx1xLxL, num_heads: int
   With `dropout_rng` set and `dropout_rate` > 0, dropout is applied to the
   attention probabilities (inverted scaling, as nn.Dropout does).
   """
-  d = q_BxLxD.shape[-1]
-  if d % num_heads:
-    raise ValueError(f"hidden size {d} is not divisible by {num_heads} heads")
+  d = q_BxLxD.shape[-1]  # divisible by num_heads: ModelConfig checks it
   q, k, v = (split_heads(t, num_heads) for t in (q_BxLxD, k_BxLxD, v_BxLxD))
   scores_BxHxLxL = jnp.einsum("bhqk,bhtk->bhqt", q, k) / jnp.sqrt(jnp.float32(d // num_heads))
   probs_BxHxLxL = jax.nn.softmax(scores_BxHxLxL + bias_Bx1xLxL, axis=-1)

@@ -9,8 +9,9 @@ import jax
 import numpy as np
 
 from jaxrec import console
-from jaxrec import data
+from jaxrec import input_pipeline
 from jaxrec import metrics
+from jaxrec.click_log import ClickLog, Split
 from jaxrec.model import ModelConfig, Seq2Seq
 
 
@@ -26,25 +27,20 @@ def _user_vectors_fn(config: ModelConfig):
                                                      method=Seq2Seq.user_vectors))
 
 
-def user_vectors(params, config: ModelConfig, log: data.ClickLog, users: np.ndarray, ends: np.ndarray,
+def user_vectors(params, config: ModelConfig, log: ClickLog, users: np.ndarray, ends: np.ndarray,
                  batch_size: int = 1024) -> np.ndarray:
   """[U, D] float32: the encoder output at the last click before `ends` of each user.
 
-  Users are sorted by history length and each block runs at the shortest padded
-  length in (8, 16, 32, 64, ..., L) that holds it: exact, since outputs at real
-  positions do not depend on padding, and most histories are short. Blocks have a
-  fixed row count (the last one padded), so there is one compile per length.
+  Users run in blocks of similar history length (input_pipeline.inference_blocks), each
+  at the shortest padded length that holds it: exact, since outputs at real positions
+  do not depend on padding.
   """
   params = local_copy(params)
   fn = _user_vectors_fn(config)
-  lengths = np.minimum(ends - log.indptr[users], config.seq_length)
-  order = np.argsort(lengths, kind="stable")
-  buckets = [b for b in (8, 16, 32, 64, 128, 256, 512) if b < config.seq_length] + [config.seq_length]
   out = np.zeros((len(users), config.hidden_size), np.float32)
-  for start in range(0, len(users), batch_size):
-    rows = order[start:start + batch_size]
-    length = next(b for b in buckets if b >= lengths[rows].max())
-    ids_RxL = data.inference_inputs(log, ends[rows], users[rows], length)
+  for rows, length in input_pipeline.inference_blocks(ends - log.indptr[users], config.seq_length,
+                                                      batch_size):
+    ids_RxL = input_pipeline.inference_inputs(log, ends[rows], users[rows], length)
     ids_RxL = np.pad(ids_RxL, ((0, batch_size - len(rows)), (0, 0)))
     out[rows] = np.asarray(fn(params, ids_RxL))[:len(rows)]
   return out
@@ -56,7 +52,7 @@ def item_table(params, config: ModelConfig) -> np.ndarray:
   return np.asarray(table, np.float32)
 
 
-def evaluate(params, config: ModelConfig, split: data.Split, which: str, ks=(10, 20, 50),
+def evaluate(params, config: ModelConfig, split: Split, which: str, ks=(10, 20, 50),
              batch_size: int = 1024) -> dict:
   """Metrics of `which` (valid or test) over users with >= 3 clicks, history excluded.
 
@@ -67,7 +63,7 @@ def evaluate(params, config: ModelConfig, split: data.Split, which: str, ks=(10,
   ends, targets = split.eval_inputs(which)
   users = split.eval_users
   user_emb = user_vectors(params, config, log, users, ends, batch_size)
-  history = metrics.padded_histories(*data.clicks_before(log, users, ends))
+  history = metrics.padded_histories(*input_pipeline.clicks_before(log, users, ends))
   ranks = metrics.evaluate_ranks(user_emb, item_table(params, config), targets, history)
   # Recall removes everything a user clicked, so a target clicked before can never be
   # recalled: count it as a miss, and offline HR@K equals the hit rate of real recall.

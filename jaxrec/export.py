@@ -2,13 +2,14 @@
 
 import numpy as np
 
-from jaxrec import data
 from jaxrec import evaluate
+from jaxrec import input_pipeline
+from jaxrec.click_log import ClickLog
 from jaxrec.fileio import atomic_path
 from jaxrec.model import ModelConfig
 
 
-def history_ends(log: data.ClickLog, until: str) -> np.ndarray:
+def history_ends(log: ClickLog, until: str) -> np.ndarray:
   """[U] exclusive end of the clicks each user vector is computed from.
 
   until="none": the whole history (production); "test": the clicks before the test
@@ -22,7 +23,7 @@ def history_ends(log: data.ClickLog, until: str) -> np.ndarray:
   return ends
 
 
-def export_embeddings(params, config: ModelConfig, log: data.ClickLog, path: str, until: str = "none",
+def export_embeddings(params, config: ModelConfig, log: ClickLog, path: str, until: str = "none",
                       batch_size: int = 1024) -> dict:
   """Writes `path` atomically; returns the arrays written.
 
@@ -32,7 +33,7 @@ def export_embeddings(params, config: ModelConfig, log: data.ClickLog, path: str
   """
   ends = history_ends(log, until)
   users = np.arange(log.num_users)
-  indptr, visited = data.clicks_before(log, users, ends)
+  indptr, visited = input_pipeline.clicks_before(log, users, ends)
   arrays = {
       "user_ids": log.user_ids.astype(str),
       "user_emb": evaluate.user_vectors(params, config, log, users, ends, batch_size),

@@ -107,6 +107,6 @@ def test_zero_dropout_rate_or_no_key_is_no_dropout():
 
 
 def test_indivisible_hidden_size_is_rejected():
-  x = np.zeros((1, 2, 6), np.float32)
+  from jaxrec.model import ModelConfig
   with pytest.raises(ValueError, match="divisible"):
-    attention.multi_head_attention(x, x, x, np.zeros((1, 1, 2, 2), np.float32), 4)
+    ModelConfig(num_items=10, hidden_size=6, num_attention_heads=4)

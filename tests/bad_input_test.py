@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxrec import data
+from jaxrec import click_log
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ("--hidden_size=16 --num_hidden_layers=1 --seq_length=10 --batch_size=32 --num_epochs=1 "
@@ -40,7 +40,7 @@ def tree(path: str) -> dict:
   return out
 
 
-def sequences_text(log: data.ClickLog, blank_every: int = 0) -> bytes:
+def sequences_text(log: click_log.ClickLog, blank_every: int = 0) -> bytes:
   """The log as `user item item ...` lines; every blank_every-th line is followed by blank ones."""
   lines = []
   for u in range(log.num_users):
@@ -57,7 +57,7 @@ def trained(tmp_path_factory):
   root = tmp_path_factory.mktemp("trained")
   path = str(root / "clicks.txt")
   with open(path, "wb") as f:
-    f.write(sequences_text(data.synthetic_click_log(300, 100, seed=0), blank_every=7))
+    f.write(sequences_text(click_log.synthetic_click_log(300, 100, seed=0), blank_every=7))
   workdir = str(root / "workdir")
   result = run_cli("jaxrec.main", [*TINY, f"--data_path={path}", f"--workdir={workdir}"], root)
   assert result.returncode == 0, result.stderr
@@ -141,10 +141,10 @@ CASES = {
     # ----------------------------------------------------------------- flags
     "heads_do_not_divide_hidden": Case(SYN + " --hidden_size=30 --num_attention_heads=4",
                                        ("--hidden_size=30 is not divisible by --num_attention_heads=4",)),
-    "seq_length_zero": Case(SYN + " --seq_length=0", ("--seq_length=0: must be positive",)),
-    "seq_length_negative": Case(SYN + " --seq_length=-3", ("--seq_length=-3: must be positive",)),
-    "batch_size_zero": Case(SYN + " --batch_size=0", ("--batch_size=0: must be positive",)),
-    "num_epochs_negative": Case(SYN + " --num_epochs=-1", ("--num_epochs=-1: must be positive",)),
+    "seq_length_zero": Case(SYN + " --seq_length=0", ("--seq_length=0: 0 is not a positive integer",)),
+    "seq_length_negative": Case(SYN + " --seq_length=-3", ("--seq_length=-3: -3 is not a positive integer",)),
+    "batch_size_zero": Case(SYN + " --batch_size=0", ("--batch_size=0: 0 is not a positive integer",)),
+    "num_epochs_negative": Case(SYN + " --num_epochs=-1", ("--num_epochs=-1: -1 is not a positive integer",)),
     "learning_rate_zero": Case(SYN + " --learning_rate=0", ("--learning_rate=0.0: must be",)),
     "learning_rate_negative": Case(SYN + " --learning_rate=-0.1", ("--learning_rate=-0.1: must be",)),
     "learning_rate_nan": Case(SYN + " --learning_rate=nan", ("--learning_rate=nan: must be",)),
@@ -155,6 +155,14 @@ CASES = {
     "not_an_integer": Case(SYN + " --batch_size=abc", ("--batch_size=abc", "invalid literal for int()")),
     "corrected_log_q_with_full_softmax": Case(SYN + " --loss=full --log_q=corrected",
                                               ("--log_q=corrected: only for --loss=inbatch or mixed",)),
+    "weight_decay_negative": Case(SYN + " --weight_decay=-0.1", ("--weight_decay=-0.1: -0.1 is not a non-negative",)),
+    "sparse_with_weight_decay": Case(SYN + " --sparse_embedding_updates --weight_decay=0.1",
+                                     ("--sparse_embedding_updates: does not combine with --weight_decay=0.1",)),
+    "sparse_with_grad_clip": Case(SYN + " --sparse_embedding_updates --grad_clip_norm=1",
+                                  ("--sparse_embedding_updates: does not combine with --grad_clip_norm=1.0",)),
+    "short_length_not_below_seq_length": Case(SYN + " --short_length=10",
+                                              ("--short_length=10: must be in [0, --seq_length)",)),
+    "eval_ks_without_10": Case(SYN + " --eval_ks=5,20 --eval_every_epochs=1", ("--eval_ks=5,20: must include 10",)),
     "label_smoothing_with_inbatch": Case(SYN + " --label_smoothing=0.1", ("--label_smoothing: only for --loss=full",)),
     "label_smoothing_one": Case(SYN + " --loss=full --label_smoothing=1", ("--label_smoothing=1.0: must be in [0, 1)",)),
     "unknown_format": Case("--data_format=xml", ("--data_format=xml: value should be one of",)),
@@ -296,7 +304,7 @@ def test_blank_and_whitespace_lines_are_skipped(data_format, tmp_path):
   for name, content in zip(("plain", "blank"), BLANK_LINE_FILES[data_format]):
     path = tmp_path / name
     path.write_bytes(content)
-    logs.append(data.read_click_log(str(path), data_format))
+    logs.append(click_log.read_click_log(str(path), data_format))
   plain, blank = logs
   for field in ("user_ids", "item_ids", "indptr", "items"):
     np.testing.assert_array_equal(getattr(blank, field), getattr(plain, field))

@@ -172,20 +172,40 @@ def test_signal_saves_a_checkpoint_and_exits_cleanly(signum, reference, tmp_path
   assert_resumes_to_reference(workdir, step, reference)
 
 
-@pytest.mark.parametrize("extra, env_extra, message", [
-    (["--learning_rate=1e30"], {}, r"loss is (nan|inf) at step {resumed_step_2}: training stopped"),
-    ([], {"JAXREC_TEST_NAN_AT_STEP": "{save_step}"},
-     r"parameters are not finite after step {save_step}: training stopped without saving them"),
+# The real CLI with a fault injected into the train step: its parameters turn NaN after step argv[1].
+POISONED_STEP = """
+import sys
+import jax
+import jax.numpy as jnp
+from jaxrec import main, step
+
+at, clean_step = int(sys.argv.pop(1)), step.train_step
+def poisoned_step(state, *args, **kwargs):
+  state, metrics = clean_step(state, *args, **kwargs)
+  scale = jnp.where(state.step == at, jnp.nan, 1.0)
+  return state.replace(params=jax.tree.map(lambda x: x * scale, state.params)), metrics
+step.train_step = poisoned_step
+main.run()
+"""
+
+
+@pytest.mark.parametrize("extra, poison_at, message", [
+    (["--learning_rate=1e30"], None, r"loss is (nan|inf) at step {resumed_step_2}: training stopped"),
+    ([], "{save_step}", r"parameters are not finite after step {save_step}: training stopped without saving them"),
 ], ids=["absurd_learning_rate", "nan_parameters_at_a_save"])
-def test_non_finite_stops_and_keeps_the_last_checkpoint(extra, env_extra, message, reference, tmp_path):
+def test_non_finite_stops_and_keeps_the_last_checkpoint(extra, poison_at, message, reference, tmp_path):
   ref_workdir, final_step, ref_params = reference
   workdir = str(tmp_path / "workdir")
   shutil.copytree(ref_workdir, workdir)
   steps = complete_steps(workdir)
   # Resumed for one more epoch: non-finite one step after the resume, or at the first save.
   fill = dict(resumed_step_2=final_step + 2, save_step=(final_step // 4 + 1) * 4)
-  env_extra = {k: v.format(**fill) for k, v in env_extra.items()}
-  result = train(workdir, "--num_epochs=6", *extra, **env_extra)
+  if poison_at is None:
+    result = train(workdir, "--num_epochs=6", *extra)
+  else:
+    argv = [sys.executable, "-c", POISONED_STEP, poison_at.format(**fill), *command(workdir, "--num_epochs=6")[3:]]
+    result = subprocess.run(argv, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            timeout=300)
   lines = result.stderr.splitlines()
   assert result.returncode == 1, result.stderr
   assert "Traceback" not in result.stderr

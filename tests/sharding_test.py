@@ -21,13 +21,14 @@ import sys
 import jax
 import numpy as np
 from jax.sharding import PartitionSpec as P
-from jaxrec import data
+from jaxrec import click_log
 from jaxrec.model import ModelConfig
-from jaxrec.train import LossConfig, TrainConfig, Trainer
+from jaxrec.step import LossConfig
+from jaxrec.train import TrainConfig, Trainer
 
 out, workdir, kind = sys.argv[1], sys.argv[2], sys.argv[3]
-log = data.synthetic_click_log(num_users=49, num_items=30, seed=0)
-split = data.leave_one_out(log)
+log = click_log.synthetic_click_log(num_users=49, num_items=30, seed=0)
+split = click_log.leave_one_out(log)
 model = ModelConfig(num_items=log.num_items, seq_length=8, hidden_size=8, num_attention_heads=2)
 config = TrainConfig(model=model, batch_size=18, num_epochs=1, learning_rate=1e-2,
                      eval_every_epochs=0, bucket_lengths=(4,), loss=LossConfig(kind=kind))
@@ -36,14 +37,14 @@ state = trainer.init_state()
 losses, grad_norms, rows, lengths, shard_rows = [], [], [], [], []
 for index in range(trainer.steps_per_epoch):
   batch, _ = trainer.batch(0, index)
-  ids = batch["input_ids"]
+  ids = batch.input_ids
   assert ids.sharding.spec == P("data"), ids.sharding
   rows.append(ids.shape[0])
   lengths.append(ids.shape[1])
   shard_rows.append(sorted({s.data.shape[0] for s in ids.addressable_shards}))
   assert len(ids.sharding.device_set) == jax.device_count()
   if kind == "full":  # each device scores the real slots of its own rows
-    assert batch["slots"].shape[0] == jax.device_count() and batch["slots"].sharding.spec == P("data")
+    assert batch.slots.shape[0] == jax.device_count() and batch.slots.sharding.spec == P("data")
   state, metrics = trainer.train_step(state, batch)
   losses.append(float(metrics["loss"]))
   grad_norms.append(float(metrics["grad_norm"]))

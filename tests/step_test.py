@@ -6,12 +6,13 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrec import data
+from jaxrec import click_log
+from jaxrec import step as step_lib
 from jaxrec import train
 from jaxrec.model import ModelConfig
 
-LOG = data.synthetic_click_log(300, 400, seed=3, mean_length=6)
-SPLIT = data.leave_one_out(LOG)
+LOG = click_log.synthetic_click_log(300, 400, seed=3, mean_length=6)
+SPLIT = click_log.leave_one_out(LOG)
 
 
 def trainer(sparse: bool, share: bool, loss: str) -> train.Trainer:
@@ -19,7 +20,7 @@ def trainer(sparse: bool, share: bool, loss: str) -> train.Trainer:
                       num_hidden_layers=1, share_embeddings=share)
   config = train.TrainConfig(model=model, batch_size=16, learning_rate=1e-2, eval_every_epochs=0,
                              sparse_embedding_updates=sparse,
-                             loss=train.LossConfig(loss, num_negatives=5))
+                             loss=step_lib.LossConfig(loss, num_negatives=5))
   return train.Trainer(config, SPLIT, tempfile.mkdtemp())
 
 
@@ -37,11 +38,11 @@ def test_first_step_equals_dense_adam_and_untouched_rows_never_move(share, loss)
   for a, b in zip(jax.tree.leaves(sparse.params), jax.tree.leaves(dense.params), strict=True):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
   sparse, _ = sparse_t.train_step(sparse, batches[1])
-  touched = [np.asarray(b[k]).ravel() for b in batches for k in ("input_ids", "label")]
+  touched = [np.asarray(getattr(b, k)).ravel() for b in batches for k in ("input_ids", "label")]
   if loss == "mixed":  # the shared negatives each step sampled, derived as the step does
     for step in range(2):
       rng = jax.random.split(jax.random.fold_in(sparse.rng, step))[1]
-      touched.append(np.asarray(train.sample_negatives(sparse_t.item_log_q, rng, sparse_t.config.loss,
+      touched.append(np.asarray(step_lib.sample_negatives(sparse_t.item_log_q, rng, sparse_t.config.loss,
                                                        LOG.num_items)[0]))
   touched = np.unique(np.concatenate(touched))
   untouched = np.setdiff1d(np.arange(LOG.num_items), touched)
@@ -52,6 +53,6 @@ def test_first_step_equals_dense_adam_and_untouched_rows_never_move(share, loss)
     np.testing.assert_array_equal(now[untouched], init[name]["embedding"][untouched])
     # The rows this table looked up (item 0, padding, gets no gradient) did move.
     keys = ("input_ids",) * (name == in_name) + ("label",) * (name == out_name)
-    used = np.unique(np.concatenate([np.asarray(b[k]).ravel() for b in batches for k in keys]))
+    used = np.unique(np.concatenate([np.asarray(getattr(b, k)).ravel() for b in batches for k in keys]))
     moved = np.abs(now - init[name]["embedding"]).sum(axis=1) > 0
     assert moved[used[used > 0]].all()

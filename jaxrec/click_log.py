@@ -1,10 +1,10 @@
-"""Click logs -> dense ids -> leave-one-out split -> training batches (SPEC section 1).
+"""Click logs: readers, format detection, the synthetic log, vocabulary, leave-one-out split.
 
 Readers are vectorised over the bytes of the file: no Python object per click, so
 10M clicks load in seconds. Raw ids are strings; dense item ids start at 1 and 0 is
 padding. Every malformed input raises InputError naming the file and line.
 
-Shape key: U users, I items (incl. padding 0), N clicks, B batch rows, L seq length.
+Shape key: U users, I items (incl. padding 0), N clicks, R rows of a CSR gather.
 """
 
 import csv
@@ -43,6 +43,12 @@ class ClickLog:
     return np.diff(self.indptr)
 
 
+def gather_ranges(starts: np.ndarray, lengths: np.ndarray):
+  """CSR of the ranges [starts[r], starts[r] + lengths[r]): (indptr [R+1] int64, flat indices)."""
+  indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+  return indptr, np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])
+
+
 # ----------------------------------------------------------------------------- reading
 
 
@@ -53,8 +59,8 @@ def read_click_log(path: str, data_format: str = "auto", user_col: str = "user",
   if data_format == "auto":
     data_format = detect_format(path, raw)
   if data_format == "csv":
-    users, items, times, lines = _parse_csv(path, raw, user_col, item_col, time_col)
-    return _group_pairs(path, users, items, times, lines)
+    users, items, times = _parse_csv(path, raw, user_col, item_col, time_col)
+    return _group_pairs(users, items, times)
   _check_text(path, raw)
   if data_format == "note":
     return _parse_note(path, raw)
@@ -180,8 +186,7 @@ def _one_user_per_line(path: str, tokens, token_lines, num_lines) -> ClickLog:
   order = np.argsort(user_dense, kind="stable")  # lines sorted by dense user id
   lengths = per_line[used][order] - 1
   starts = (line_start[used] - np.arange(len(used)))[order]  # item offsets without user tokens
-  indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-  gather = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])
+  indptr, gather = gather_ranges(starts, lengths)
   return ClickLog(user_ids, item_ids, indptr, items[gather])
 
 
@@ -213,7 +218,7 @@ def _parse_pairs(path: str, raw: bytes) -> ClickLog:
   times = None
   if width == 3:
     times = _to_float(path, fields[:, 2], lines)
-  return _group_pairs(path, fields[:, 0], fields[:, 1], times, lines)
+  return _group_pairs(fields[:, 0], fields[:, 1], times)
 
 
 def _to_float(path, values, lines) -> np.ndarray:
@@ -256,12 +261,11 @@ def _parse_csv(path: str, raw: bytes, user_col: str, item_col: str, time_col: st
   table = np.array(rows, dtype=str)
   encode = lambda a: np.char.encode(a, "utf-8")
   times = _to_float(path, encode(table[:, 2]), np.array(lines)) if time_col else None
-  return encode(table[:, 0]), encode(table[:, 1]), times, np.array(lines)
+  return encode(table[:, 0]), encode(table[:, 1]), times
 
 
-def _group_pairs(path, user_tokens, item_tokens, times, lines) -> ClickLog:
+def _group_pairs(user_tokens, item_tokens, times) -> ClickLog:
   """One click per row -> users' sequences, sorted by time (stable: file order on ties)."""
-  del path, lines
   user_ids, users = _dense_ids(user_tokens, first=0)
   item_ids, items = _item_vocab(item_tokens)
   order = np.arange(len(users)) if times is None else np.argsort(times, kind="stable")
@@ -363,157 +367,3 @@ def leave_one_out(log: ClickLog, path: str = "data") -> Split:
   if len(eval_users) == 0:
     raise InputError(f"{path}: no user has 3 or more clicks, so nothing can be validated or tested")
   return split
-
-
-# ----------------------------------------------------------------------------- batches
-
-
-def left_padded(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, length: int) -> np.ndarray:
-  """[R, length] int32: the last `length` items of each items[starts:ends], left-padded with 0."""
-  idx = (ends - length)[:, None] + np.arange(length)[None, :]
-  valid = idx >= starts[:, None]
-  return np.where(valid, items[np.maximum(idx, 0)], PAD).astype(np.int32)
-
-
-class PopularitySampler:
-  """Draws items with probability count/total; log_q gives the logQ weight of any item."""
-
-  def __init__(self, counts: np.ndarray):
-    total = counts.sum()
-    self.cdf = np.cumsum(counts) / total
-    with np.errstate(divide="ignore"):
-      self.log_q = np.log(counts / total).astype(np.float32)
-    # A guide table: bin j of [0, 1) in `bins` equal bins starts its search at guide[j - 1]
-    # and ends it at guide[j + 2] (a bin wider each side, against rounding in j = u * bins).
-    # A plain searchsorted of random queries over a large CDF is cache-bound (2.4 ms for a
-    # SPEC batch on 12k items); a few vectorised bisection rounds over short ranges are not.
-    last = len(self.cdf) - 1
-    self._bins = 2 * len(self.cdf)
-    edges = np.searchsorted(self.cdf, np.arange(self._bins + 1) / self._bins, side="right")
-    self._guide = np.minimum(np.concatenate([[0], edges, [last, last]]), last).astype(np.int32)
-    self._rounds = int(np.ceil(np.log2(np.max(self._guide[3:] - self._guide[:-3]) + 1)))
-
-  def sample(self, rng: np.random.Generator, shape) -> np.ndarray:
-    """Items i with cdf[i-1] <= u < cdf[i] for u ~ U[0, 1): exactly
-    min(searchsorted(cdf, u, side="right"), I - 1), found inside each u's guide range."""
-    u = rng.random(shape).ravel()
-    j = np.minimum((u * self._bins).astype(np.int64), self._bins - 1)
-    lo, hi = self._guide[j], self._guide[j + 3]  # guide is shifted by one: guide[j] is bin j - 1's start
-    for _ in range(self._rounds):
-      mid = (lo + hi) >> 1
-      right = self.cdf[mid] <= u
-      lo = np.where(right, mid + 1, lo)
-      hi = np.where(right, hi, mid)
-    return lo.reshape(shape)
-
-
-def epoch_order(num_rows: int, seed: int, epoch: int) -> np.ndarray:
-  """The shuffle of an epoch: a pure function of (seed, epoch), so runs resume exactly."""
-  return np.random.default_rng([seed, epoch, 0x5EED]).permutation(num_rows)
-
-
-def bucket_of(input_lengths_R: np.ndarray, bucket_lengths: tuple) -> np.ndarray:
-  """[R] index of the shortest of the ascending `bucket_lengths` that holds each row."""
-  return np.searchsorted(np.asarray(bucket_lengths), input_lengths_R, side="left")
-
-
-def epoch_batches(bucket_R: np.ndarray, num_buckets: int, batch_size: int, seed: int,
-                  epoch: int) -> list:
-  """Row indices of every batch of an epoch, a pure function of (seed, epoch).
-
-  Rows are shuffled; each batch takes rows of one length bucket, and the batches of
-  all buckets are shuffled together. With one bucket, batches are consecutive slices
-  of `epoch_order`. The number of batches is the same every epoch.
-  """
-  order = epoch_order(len(bucket_R), seed, epoch)
-  batches = []
-  for b in range(num_buckets):
-    members = order[bucket_R[order] == b] if num_buckets > 1 else order
-    batches += [members[i:i + batch_size] for i in range(0, len(members), batch_size)]
-  if num_buckets > 1:
-    batches = [batches[i] for i in np.random.default_rng([seed, epoch, 0xB0C]).permutation(len(batches))]
-  return batches
-
-
-def train_batch(split: Split, sampler: PopularitySampler, users: np.ndarray, batch_size: int,
-                seq_length: int, seed: int, epoch: int, step: int) -> dict:
-  """One batch exactly as SPEC section 1, padded to `batch_size` rows with masked rows.
-
-  input_ids [B, L]: the last L training inputs, left-padded with 0;
-  label [B, L]: the next item at each position; padded slots hold popularity-drawn negatives;
-  hot_weight [B, L]: log(count/total) of each label item (the logQ correction);
-  row_mask [B]: 1 for real users, 0 for rows that only pad the batch (never candidates).
-  The random negatives are a pure function of (seed, epoch, step).
-  """
-  log = split.log
-  starts, ends = log.indptr[users], split.train_end[users]
-  input_ids = left_padded(log.items, starts, ends - 1, seq_length)
-  label = left_padded(log.items, starts + 1, ends, seq_length)
-  rows = len(users)
-  if rows < batch_size:
-    pad = batch_size - rows
-    input_ids = np.concatenate([input_ids, np.zeros((pad, seq_length), np.int32)])
-    label = np.concatenate([label, np.zeros((pad, seq_length), np.int32)])
-  rng = np.random.default_rng([seed, epoch, step])
-  negatives = sampler.sample(rng, label.shape)
-  label = np.where(input_ids == PAD, negatives, label)
-  row_mask = (np.arange(batch_size) < rows).astype(np.float32)
-  return {
-      "input_ids": input_ids,
-      "label": label,
-      "hot_weight": sampler.log_q[label],
-      "row_mask": row_mask,
-  }
-
-
-def real_slots(batch: dict, groups: int) -> np.ndarray:
-  """[G, C] int32 for --loss=full: for each of G groups of B / G rows (one per device), the
-  flat indices (row * L + position, within the group) of its real slots, then -1.
-
-  C is the most any group has, rounded up by slot_capacity: few distinct shapes, so few
-  compiles of the train step, and (from 1024 slots on) at most 1/8 more slots scored.
-  """
-  ids = batch["input_ids"]
-  real_GxT = ((ids != PAD) & (batch["row_mask"][:, None] > 0)).reshape(groups, -1)
-  slots = np.full((groups, slot_capacity(int(real_GxT.sum(axis=1).max()))), -1, np.int32)
-  for g, real_T in enumerate(real_GxT):
-    index = np.flatnonzero(real_T)
-    slots[g, :len(index)] = index
-  return slots
-
-
-def slot_capacity(n: int) -> int:
-  """n rounded up to a multiple of max(128, 2^(bits(n) - 4)); at most n / 8 more from n = 1024 on."""
-  step = max(128, 1 << max(0, n.bit_length() - 4))
-  return max(step, -(-n // step) * step)
-
-
-def split_by_length(batch: dict, short_length: int, long_rows: int) -> dict:
-  """Adds the rows of `batch` as two groups, for an encoder run at two padded lengths.
-
-  short_ids [B - C, S]: the B - C rows with the fewest real items, their last S slots
-  (S = short_length, or the full length L should one of them be longer);
-  long_ids [C, L]: the C longest rows; order [B]: the row of each, shortest first.
-  Outputs at real positions do not depend on padding, so this changes no result.
-  """
-  ids = batch["input_ids"]
-  rows, length = ids.shape
-  lengths = (ids != PAD).sum(axis=1)
-  order = np.argsort(lengths, kind="stable")
-  short = order[:rows - long_rows]
-  width = short_length if lengths[short].max(initial=0) <= short_length else length
-  return {**batch, "order": order.astype(np.int32), "short_ids": ids[short, length - width:],
-          "long_ids": ids[order[rows - long_rows:]]}
-
-
-def clicks_before(log: ClickLog, users: np.ndarray, ends: np.ndarray):
-  """CSR (indptr [R+1], items) of each user's clicks from their first up to `ends` (exclusive)."""
-  starts = log.indptr[users]
-  lengths = ends - starts
-  indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-  return indptr, log.items[np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])]
-
-
-def inference_inputs(log: ClickLog, ends: np.ndarray, users: np.ndarray, seq_length: int) -> np.ndarray:
-  """[R, L] int32: each user's last L clicks before `ends`, left-padded (eval and export)."""
-  return left_padded(log.items, log.indptr[users], ends, seq_length)

@@ -1,0 +1,261 @@
+"""The input pipeline: every decision about the shape of a training batch, and inference inputs.
+
+A `BatchPlan` fixes, once per run, the rows of a global batch, the length bucket of
+every training user, the rows of the long group of a length split (--short_length) and
+the popularity sampler; `BatchPlan.epoch` yields the typed batches of one epoch, a pure
+function of (seed, epoch, step), so a resumed run sees the same batches. The step only
+ever sees a `Batch`.
+
+Shape key: U users, R rows, B batch rows, L padded length, S short length, C rows of
+the long group (or real slots of a device's rows, for `slots`), G device groups.
+"""
+
+import dataclasses
+from typing import Iterator
+
+import flax
+import numpy as np
+
+from jaxrec.click_log import ClickLog, PAD, Split, gather_ranges
+
+
+def round_up(n: int, multiple: int) -> int:
+  """The smallest multiple of `multiple` that is >= n."""
+  return -(-n // multiple) * multiple
+
+
+def padded_lengths(seq_length: int, shorter: tuple = (8, 16, 32, 64, 128, 256, 512)) -> tuple:
+  """Ascending padded lengths: those of `shorter` below seq_length, then seq_length itself."""
+  return tuple(sorted({b for b in shorter if b < seq_length} | {seq_length}))
+
+
+def left_padded(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, length: int) -> np.ndarray:
+  """[R, length] int32: the last `length` items of each items[starts:ends], left-padded with 0."""
+  idx = (ends - length)[:, None] + np.arange(length)[None, :]
+  valid = idx >= starts[:, None]
+  return np.where(valid, items[np.maximum(idx, 0)], PAD).astype(np.int32)
+
+
+class PopularitySampler:
+  """Draws items with probability count/total; log_q gives the logQ weight of any item."""
+
+  def __init__(self, counts: np.ndarray):
+    total = counts.sum()
+    self.cdf = np.cumsum(counts) / total
+    with np.errstate(divide="ignore"):
+      self.log_q = np.log(counts / total).astype(np.float32)
+    # A guide table: bin j of [0, 1) in `bins` equal bins starts its search at guide[j - 1]
+    # and ends it at guide[j + 2] (a bin wider each side, against rounding in j = u * bins).
+    # A plain searchsorted of random queries over a large CDF is cache-bound (2.4 ms for a
+    # SPEC batch on 12k items); a few vectorised bisection rounds over short ranges are not.
+    last = len(self.cdf) - 1
+    self._bins = 2 * len(self.cdf)
+    edges = np.searchsorted(self.cdf, np.arange(self._bins + 1) / self._bins, side="right")
+    self._guide = np.minimum(np.concatenate([[0], edges, [last, last]]), last).astype(np.int32)
+    self._rounds = int(np.ceil(np.log2(np.max(self._guide[3:] - self._guide[:-3]) + 1)))
+
+  def sample(self, rng: np.random.Generator, shape) -> np.ndarray:
+    """Items i with cdf[i-1] <= u < cdf[i] for u ~ U[0, 1): exactly
+    min(searchsorted(cdf, u, side="right"), I - 1), found inside each u's guide range."""
+    u = rng.random(shape).ravel()
+    j = np.minimum((u * self._bins).astype(np.int64), self._bins - 1)
+    lo, hi = self._guide[j], self._guide[j + 3]  # guide is shifted by one: guide[j] is bin j - 1's start
+    for _ in range(self._rounds):
+      mid = (lo + hi) >> 1
+      right = self.cdf[mid] <= u
+      lo = np.where(right, mid + 1, lo)
+      hi = np.where(right, hi, mid)
+    return lo.reshape(shape)
+
+
+def epoch_order(num_rows: int, seed: int, epoch: int) -> np.ndarray:
+  """The shuffle of an epoch: a pure function of (seed, epoch), so runs resume exactly."""
+  return np.random.default_rng([seed, epoch, 0x5EED]).permutation(num_rows)
+
+
+def bucket_of(input_lengths_R: np.ndarray, bucket_lengths: tuple) -> np.ndarray:
+  """[R] index of the shortest of the ascending `bucket_lengths` that holds each row."""
+  return np.searchsorted(np.asarray(bucket_lengths), input_lengths_R, side="left")
+
+
+def epoch_batches(bucket_R: np.ndarray, num_buckets: int, batch_size: int, seed: int,
+                  epoch: int) -> list:
+  """Row indices of every batch of an epoch, a pure function of (seed, epoch).
+
+  Rows are shuffled; each batch takes rows of one length bucket, and the batches of
+  all buckets are shuffled together. With one bucket, batches are consecutive slices
+  of `epoch_order`. The number of batches is the same every epoch.
+  """
+  order = epoch_order(len(bucket_R), seed, epoch)
+  batches = []
+  for b in range(num_buckets):
+    members = order[bucket_R[order] == b] if num_buckets > 1 else order
+    batches += [members[i:i + batch_size] for i in range(0, len(members), batch_size)]
+  if num_buckets > 1:
+    batches = [batches[i] for i in np.random.default_rng([seed, epoch, 0xB0C]).permutation(len(batches))]
+  return batches
+
+
+@flax.struct.dataclass
+class Batch:
+  """One global training batch (SPEC section 1), with the optional fields of two speed-ups.
+
+  input_ids [B, L]: the last L training inputs, left-padded with 0;
+  label [B, L]: the next item at each position; padded slots hold popularity-drawn negatives;
+  hot_weight [B, L]: log(count/total) of each label item (the logQ correction);
+  row_mask [B]: 1 for real users, 0 for rows that only pad the batch (never candidates);
+  slots [G, C] (--loss=full): per device group of B / G rows, the flat indices (row * L +
+    position, within the group) of its real slots, then -1;
+  order [B], short_ids [B - C, S], long_ids [C, L] (--short_length): the rows shortest
+    first, split into a group run at length S and the C longest run at L.
+  """
+  input_ids: np.ndarray
+  label: np.ndarray
+  hot_weight: np.ndarray
+  row_mask: np.ndarray
+  slots: np.ndarray | None = None
+  order: np.ndarray | None = None
+  short_ids: np.ndarray | None = None
+  long_ids: np.ndarray | None = None
+
+
+def train_batch(split: Split, sampler: PopularitySampler, users: np.ndarray, batch_size: int,
+                seq_length: int, seed: int, epoch: int, step: int) -> Batch:
+  """The batch of `users`, exactly as SPEC section 1, padded to `batch_size` rows with masked
+  rows. The random negatives are a pure function of (seed, epoch, step)."""
+  log = split.log
+  starts, ends = log.indptr[users], split.train_end[users]
+  input_ids = left_padded(log.items, starts, ends - 1, seq_length)
+  label = left_padded(log.items, starts + 1, ends, seq_length)
+  rows = len(users)
+  if rows < batch_size:
+    pad = ((0, batch_size - rows), (0, 0))
+    input_ids, label = np.pad(input_ids, pad), np.pad(label, pad)
+  rng = np.random.default_rng([seed, epoch, step])
+  negatives = sampler.sample(rng, label.shape)
+  label = np.where(input_ids == PAD, negatives, label)
+  row_mask = (np.arange(batch_size) < rows).astype(np.float32)
+  return Batch(input_ids=input_ids, label=label, hot_weight=sampler.log_q[label], row_mask=row_mask)
+
+
+def real_slots(input_ids_BxL: np.ndarray, row_mask_B: np.ndarray, groups: int) -> np.ndarray:
+  """[G, C] int32 for --loss=full: for each of G groups of B / G rows (one per device), the
+  flat indices (row * L + position, within the group) of its real slots, then -1.
+
+  C is the most any group has, rounded up by slot_capacity: few distinct shapes, so few
+  compiles of the train step, and (from 1024 slots on) at most 1/8 more slots scored.
+  """
+  real_GxT = ((input_ids_BxL != PAD) & (row_mask_B[:, None] > 0)).reshape(groups, -1)
+  slots = np.full((groups, slot_capacity(int(real_GxT.sum(axis=1).max()))), -1, np.int32)
+  for g, real_T in enumerate(real_GxT):
+    index = np.flatnonzero(real_T)
+    slots[g, :len(index)] = index
+  return slots
+
+
+def slot_capacity(n: int) -> int:
+  """n rounded up to a multiple of max(128, 2^(bits(n) - 4)); at most n / 8 more from n = 1024 on."""
+  step = max(128, 1 << max(0, n.bit_length() - 4))
+  return max(step, round_up(n, step))
+
+
+def split_by_length(batch: Batch, short_length: int, long_rows: int) -> Batch:
+  """`batch` with its rows also as two groups, for an encoder run at two padded lengths.
+
+  short_ids [B - C, S]: the B - C rows with the fewest real items, their last S slots
+  (S = short_length, or the full length L should one of them be longer);
+  long_ids [C, L]: the C longest rows; order [B]: the row of each, shortest first.
+  Outputs at real positions do not depend on padding, so this changes no result.
+  """
+  ids = batch.input_ids
+  rows, length = ids.shape
+  lengths = (ids != PAD).sum(axis=1)
+  order = np.argsort(lengths, kind="stable")
+  short = order[:rows - long_rows]
+  width = short_length if lengths[short].max(initial=0) <= short_length else length
+  return batch.replace(order=order.astype(np.int32), short_ids=ids[short, length - width:],
+                       long_ids=ids[order[rows - long_rows:]])
+
+
+class BatchPlan:
+  """How the training users of `split` become the batches of every epoch.
+
+  Rows of a global batch: batch_size rounded up to a multiple of `num_devices`.
+  Users are grouped by input length into `bucket_lengths` (shorter padded lengths; exact,
+  as outputs at real positions do not depend on padding, but each batch then draws its
+  in-batch negatives from one bucket). With `short_length`, each batch's shorter rows run
+  at that length and its `long_rows` longest at seq_length. With `real_slots` (the full
+  softmax), each batch lists its real slots per device.
+  """
+
+  def __init__(self, split: Split, batch_size: int, seq_length: int, seed: int, num_devices: int = 1,
+               bucket_lengths: tuple = (), short_length: int = 0, real_slots: bool = False):
+    self.split, self.batch_size, self.seed = split, batch_size, seed
+    self.num_devices, self.short_length, self.real_slots = num_devices, short_length, real_slots
+    self.train_users = split.train_users
+    self.rows = round_up(batch_size, num_devices)
+    self.bucket_lengths = padded_lengths(seq_length, bucket_lengths)
+    input_lengths = np.minimum(split.train_end[self.train_users] - split.log.indptr[self.train_users] - 1,
+                               seq_length)
+    self.bucket_U = bucket_of(input_lengths, self.bucket_lengths)
+    counts = np.bincount(self.bucket_U, minlength=len(self.bucket_lengths))
+    self.steps_per_epoch = int(sum(-(-c // batch_size) for c in counts))
+    self.long_rows = 0
+    if short_length:
+      # Room for the rows longer than short_length in nearly every batch (mean + 4 sd);
+      # a batch with more runs its short group at full length instead.
+      p = float(np.mean(input_lengths > short_length))
+      expected = batch_size * p + 4 * np.sqrt(batch_size * p * (1 - p)) + 1
+      self.long_rows = int(min(self.rows - num_devices, round_up(int(np.ceil(expected)), num_devices)))
+    self.sampler = PopularitySampler(split.item_counts())
+    self._order = (None, None)  # (epoch, its batches' rows): one epoch's order is kept
+
+  def rows_of(self, epoch: int, index: int) -> np.ndarray:
+    """Indices into train_users of batch `index` of `epoch`."""
+    if self._order[0] != epoch:
+      self._order = (epoch, epoch_batches(self.bucket_U, len(self.bucket_lengths), self.batch_size,
+                                          self.seed, epoch))
+    return self._order[1][index]
+
+  def batch(self, epoch: int, index: int) -> tuple[Batch, int]:
+    """(host batch, real rows) of step `index` of `epoch`."""
+    rows = self.rows_of(epoch, index)
+    length = self.bucket_lengths[self.bucket_U[rows[0]]]
+    batch = train_batch(self.split, self.sampler, self.train_users[rows], self.rows, length, self.seed,
+                        epoch, index)
+    if self.real_slots:
+      batch = batch.replace(slots=real_slots(batch.input_ids, batch.row_mask, self.num_devices))
+    if self.long_rows:
+      batch = split_by_length(batch, self.short_length, self.long_rows)
+    return batch, len(rows)
+
+  def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Batch, int]]:
+    """The (host batch, real rows) of steps start, start + 1, ... of `epoch`."""
+    for index in range(start, self.steps_per_epoch):
+      yield self.batch(epoch, index)
+
+
+def clicks_before(log: ClickLog, users: np.ndarray, ends: np.ndarray):
+  """CSR (indptr [R+1], items) of each user's clicks from their first up to `ends` (exclusive)."""
+  starts = log.indptr[users]
+  indptr, gather = gather_ranges(starts, ends - starts)
+  return indptr, log.items[gather]
+
+
+def inference_inputs(log: ClickLog, ends: np.ndarray, users: np.ndarray, seq_length: int) -> np.ndarray:
+  """[R, L] int32: each user's last L clicks before `ends`, left-padded (eval and export)."""
+  return left_padded(log.items, log.indptr[users], ends, seq_length)
+
+
+def inference_blocks(lengths_U: np.ndarray, seq_length: int, block_rows: int):
+  """Yields (rows [<= block_rows], padded length) covering every user once, shortest first.
+
+  Each block runs at the shortest of `padded_lengths(seq_length)` that holds its longest
+  history: exact, and most histories are short; a fixed row count (pad the last block)
+  means one compile per length.
+  """
+  lengths = padded_lengths(seq_length)
+  order = np.argsort(np.minimum(lengths_U, seq_length), kind="stable")
+  for start in range(0, len(order), block_rows):
+    rows = order[start:start + block_rows]
+    yield rows, lengths[int(bucket_of(np.minimum(lengths_U[rows[-1:]], seq_length), lengths)[0])]

@@ -1,0 +1,205 @@
+"""The train step: optimizer, loss of a typed batch, and the dense and row-sparse Adam steps.
+
+Pure functions of (state, batch); `train.Trainer` jits them with shardings. Shape key:
+B batch rows, L padded length, S short length, D hidden size, I item table rows,
+N sampled negatives, K table rows a sparse step touches.
+"""
+
+import dataclasses
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxrec import masks
+from jaxrec.input_pipeline import Batch
+from jaxrec.loss import full_softmax_loss, in_batch_softmax_loss
+from jaxrec.model import Seq2Seq, init_params
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """Which softmax the model is trained with (the SPEC's is the default)."""
+  kind: str = "inbatch"  # inbatch (SPEC section 5) | mixed (inbatch + shared sampled items) | full
+  remove_accidental_hits: bool = False  # drop candidates equal to the row's own label
+  num_negatives: int = 0  # mixed: items sampled per step, shared by the whole batch
+  negative_distribution: str = "uniform"  # mixed: uniform | popularity
+  log_q: str = "standard"  # inbatch/mixed: standard (SPEC) | corrected (Khrylchenko et al. 2025)
+  label_smoothing: float = 0.0  # full: share of the target spread evenly over the catalog
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """Adam(W) with a warm-up and an optional schedule and gradient clipping."""
+  learning_rate: float = 1e-3
+  lr_schedule: str = "constant"  # constant | cosine (after warm-up)
+  warmup_steps: int = 0
+  weight_decay: float = 0.0
+  grad_clip_norm: float = 0.0  # 0: no clipping
+  b2: float = 0.999
+
+
+def make_optimizer(config: OptimizerConfig, total_steps: int):
+  """(optax transformation, learning-rate schedule) for a run of `total_steps`."""
+  warmup = min(config.warmup_steps, max(total_steps - 1, 0))
+  if config.lr_schedule == "cosine":
+    lr = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, max(total_steps, warmup + 1))
+  elif warmup:
+    lr = optax.join_schedules([optax.linear_schedule(0.0, config.learning_rate, warmup),
+                               optax.constant_schedule(config.learning_rate)], [warmup])
+  else:
+    lr = optax.constant_schedule(config.learning_rate)
+  adam = optax.adamw(lr, b2=config.b2, weight_decay=config.weight_decay)
+  if config.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adam), lr
+  return adam, lr
+
+
+def init_state(model: Seq2Seq, tx, rng: jax.Array, sparse_embedding_updates: bool = False) -> TrainState:
+  """Step 0: fresh parameters and optimizer state (for the sparse step: the dense part's
+  state and zero Adam moments per item table)."""
+  params_rng, dropout_rng = jax.random.split(rng)
+  params = init_params(model.config, params_rng)
+  if not sparse_embedding_updates:
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), dropout_rng)
+  names = set(model.table_names())
+  dense = {k: v for k, v in params.items() if k not in names}
+  moments = {n: (jnp.zeros_like(params[n]["embedding"]),) * 2 for n in names}
+  return TrainState(jnp.zeros((), jnp.int32), params, (tx.init(dense), moments), dropout_rng)
+
+
+def sample_negatives(item_log_q_I, rng, loss: LossConfig, num_items: int):
+  """--loss=mixed: (ids [N], logQ [N]) of N items shared by the batch.
+
+  The logQ is the log of each item's expected count in the sample, N * q(item), as
+  the in-batch candidates are corrected by B * p(item): the sources stay comparable.
+  """
+  n = loss.num_negatives
+  if loss.negative_distribution == "popularity":
+    cdf = jnp.cumsum(jnp.exp(item_log_q_I))
+    ids = jnp.searchsorted(cdf, jax.random.uniform(rng, (n,)) * cdf[-1], side="right")
+    ids = jnp.clip(ids, 1, num_items - 1)
+    log_q = item_log_q_I[ids]
+  else:
+    ids = jax.random.randint(rng, (n,), 1, num_items)
+    log_q = jnp.full((n,), -jnp.log(num_items - 1.0))
+  return ids, log_q + jnp.log(float(n))
+
+
+def loss_fn(params, model: Seq2Seq, batch: Batch, dropout_rng=None, loss: LossConfig = LossConfig(),
+            negatives=None, sparse=None):
+  """The training loss of `batch`.
+
+  `negatives`: (ids [N], logQ [N]) for --loss=mixed. `sparse`: (rows [K], {table name:
+  gathered rows [K, D]}) standing in for the item tables, which are then not read.
+  """
+  variables = {"params": params}
+  in_name, out_name = model.table_names()
+  if sparse is None:
+    table = model.apply(variables, method=Seq2Seq.output_table)
+    lookup_in = lambda ids: None  # the model looks items up itself
+    lookup = lambda ids: jnp.take(table, ids, axis=0)
+  else:
+    rows_K, tables = sparse
+    local = lambda ids: jnp.searchsorted(rows_K, ids)
+    lookup_in = lambda ids: jnp.take(tables[in_name], local(ids), axis=0)
+    lookup = lambda ids: jnp.take(tables[out_name], local(ids), axis=0)
+
+  def encode(ids_BxL, rng):
+    return model.apply(variables, ids_BxL, rng is None, lookup_in(ids_BxL),
+                       rngs=None if rng is None else {"dropout": rng}, method=Seq2Seq.encode)
+
+  if batch.order is not None:  # split by length (input_pipeline.split_by_length): rows restored
+    rngs = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
+    short_BxSxD, long_BxLxD = encode(batch.short_ids, rngs[0]), encode(batch.long_ids, rngs[1])
+    pad = long_BxLxD.shape[1] - short_BxSxD.shape[1]
+    sorted_BxLxD = jnp.concatenate([jnp.pad(short_BxSxD, ((0, 0), (pad, 0), (0, 0))), long_BxLxD])
+    seq_out = sorted_BxLxD[jnp.argsort(batch.order)]
+  else:
+    seq_out = encode(batch.input_ids, dropout_rng)
+  padding = masks.padding_mask(batch.input_ids)
+  if loss.kind == "full":
+    return full_softmax_loss(seq_out, table, batch.label, padding, batch.row_mask, batch.slots,
+                             loss.label_smoothing)
+  hot_weight, extra = batch.hot_weight, {}
+  if loss.kind == "mixed":
+    ids, log_q = negatives
+    extra = {"extra_emb_NxD": lookup(ids), "extra_ids_N": ids, "extra_log_q_N": log_q}
+    hot_weight = hot_weight + jnp.log(jnp.float32(batch.label.shape[0]))  # log(B p)
+  if loss.log_q == "corrected":
+    extra["pos_log_q_BxL"] = batch.hot_weight
+  return in_batch_softmax_loss(seq_out, lookup(batch.label), hot_weight, padding, batch.row_mask,
+                               batch.label, loss.remove_accidental_hits, **extra)
+
+
+def train_step(state: TrainState, batch: Batch, item_log_q_I, *, model: Seq2Seq, tx,
+               loss: LossConfig = LossConfig()) -> tuple[TrainState, dict]:
+  """One Adam step on the global batch; the dropout key is fold_in(rng, step)."""
+  dropout_rng, sample_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+  negatives = None
+  if loss.kind == "mixed":
+    negatives = sample_negatives(item_log_q_I, sample_rng, loss, model.config.num_items)
+  loss_value, grads = jax.value_and_grad(loss_fn)(state.params, model, batch, dropout_rng, loss, negatives)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return new_state, {"loss": loss_value, "grad_norm": optax.tree.norm(grads)}
+
+
+def sparse_train_step(state: TrainState, batch: Batch, item_log_q_I, *, model: Seq2Seq, tx, lr,
+                      b2: float, loss: LossConfig = LossConfig(), b1: float = 0.9,
+                      eps: float = 1e-8) -> tuple[TrainState, dict]:
+  """train_step with row-sparse ("lazy") Adam on the item tables.
+
+  Only the table rows the batch touches (inputs, labels, sampled negatives) are
+  gathered, differentiated and updated, with their own Adam moments; other rows and
+  their moments stay as they are. The cost per step no longer grows with the catalog.
+  `tx` updates the other (dense) parameters; its state is opt_state[0].
+  """
+  dropout_rng, sample_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+  num_items = model.config.num_items
+  negatives, ids = None, [batch.input_ids.ravel(), batch.label.ravel()]
+  if loss.kind == "mixed":
+    negatives = sample_negatives(item_log_q_I, sample_rng, loss, num_items)
+    ids.append(negatives[0])
+  ids = jnp.concatenate(ids)
+  rows_K = jnp.unique(ids, size=ids.shape[0], fill_value=num_items)  # fill rows are dropped below
+  names = tuple(sorted(set(model.table_names())))
+  tables = {n: state.params[n]["embedding"] for n in names}
+  rows = {n: tables[n].at[rows_K].get(mode="fill", fill_value=0.0) for n in names}
+  dense = {k: v for k, v in state.params.items() if k not in names}
+
+  def objective(dense, rows):
+    params = {**dense, **{n: {"embedding": jax.lax.stop_gradient(tables[n])} for n in names}}
+    return loss_fn(params, model, batch, dropout_rng, loss, negatives, (rows_K, rows))
+
+  loss_value, (dense_grads, row_grads) = jax.value_and_grad(objective, argnums=(0, 1))(dense, rows)
+  dense_opt, moments = state.opt_state
+  updates, dense_opt = tx.update(dense_grads, dense_opt, dense)
+  params = dict(optax.apply_updates(dense, updates))
+  t = (state.step + 1).astype(jnp.float32)
+  lr_t = lr(state.step)
+  new_moments = {}
+  for n in names:
+    m, v = moments[n]
+    g = row_grads[n]
+    m_K = b1 * m.at[rows_K].get(mode="fill", fill_value=0.0) + (1 - b1) * g
+    v_K = b2 * v.at[rows_K].get(mode="fill", fill_value=0.0) + (1 - b2) * g * g
+    step_K = lr_t * (m_K / (1 - b1**t)) / (jnp.sqrt(v_K / (1 - b2**t)) + eps)
+    params[n] = {"embedding": tables[n].at[rows_K].set(rows[n] - step_K, mode="drop")}
+    new_moments[n] = (m.at[rows_K].set(m_K, mode="drop"), v.at[rows_K].set(v_K, mode="drop"))
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=(dense_opt, new_moments))
+  grad_norm = optax.tree.norm((dense_grads, row_grads))
+  return new_state, {"loss": loss_value, "grad_norm": grad_norm}
+
+

@@ -46,8 +46,8 @@ class PopularitySampler:
       self.log_q = np.log(counts / total).astype(np.float32)
     # A guide table: bin j of [0, 1) in `bins` equal bins starts its search at guide[j - 1]
     # and ends it at guide[j + 2] (a bin wider each side, against rounding in j = u * bins).
-    # A plain searchsorted of random queries over a large CDF is cache-bound (2.4 ms for a
-    # SPEC batch on 12k items); a few vectorised bisection rounds over short ranges are not.
+    # A plain searchsorted of random queries over a large CDF is cache-bound; a few
+    # vectorised bisection rounds over short ranges are not.
     last = len(self.cdf) - 1
     self._bins = 2 * len(self.cdf)
     edges = np.searchsorted(self.cdf, np.arange(self._bins + 1) / self._bins, side="right")

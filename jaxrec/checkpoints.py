@@ -85,3 +85,34 @@ def restore_params(mgr, step: int):
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local),
                         mgr.item_metadata(step))
   return mgr.restore(step, args=ocp.args.StandardRestore(target))["params"]
+
+
+def train_flags_path(workdir: str) -> str:
+  return os.path.join(workdir, "train_config.json")
+
+
+def check_train_flags(workdir: str, values: dict, allowed=()) -> None:
+  """Refuses to resume a run whose training flags differ from those it was started with,
+  except the flags named in `allowed`."""
+  path = train_flags_path(workdir)
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except ValueError as e:
+    raise InputError(f"{path}: not a jaxrec training config ({e})") from None
+  changed = [k for k, v in values.items() if k in saved and saved[k] != v and k not in allowed]
+  if changed:
+    diffs = "; ".join(f"--{k} {_flag_text(saved[k])} there, {_flag_text(values[k])} now" for k in changed)
+    raise InputError(f"--workdir={workdir} was trained with other flags ({diffs}): rerun with its flags, "
+                     f"use a new --workdir, or pass --allow_changed_flags={','.join(changed)}")
+
+
+def write_train_flags(workdir: str, values: dict) -> None:
+  with atomic_open(train_flags_path(workdir)) as f:
+    json.dump(values, f, indent=1, sort_keys=True)
+
+
+def _flag_text(value) -> str:
+  return ",".join(map(str, value)) if isinstance(value, list) else str(value)

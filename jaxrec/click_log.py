@@ -29,6 +29,7 @@ class ClickLog:
   item_ids: np.ndarray  # [I] raw item ids (unicode); item_ids[0] is the padding slot ""
   indptr: np.ndarray  # [U+1] int64
   items: np.ndarray  # [N] int32 dense item ids in 1..I-1
+  times: np.ndarray | None = None  # [N] float64 seconds, where the log has timestamps
 
   @property
   def num_users(self) -> int:
@@ -217,20 +218,30 @@ def _parse_pairs(path: str, raw: bytes) -> ClickLog:
   lines = token_lines[::width]
   times = None
   if width == 3:
-    times = _to_float(path, fields[:, 2], lines)
+    times = _to_times(path, fields[:, 2], lines)
   return _group_pairs(fields[:, 0], fields[:, 1], times)
 
 
-def _to_float(path, values, lines) -> np.ndarray:
+def to_seconds(values: np.ndarray) -> np.ndarray:
+  """Timestamps as float64 seconds: numbers as they are, ISO-8601 dates or times (UTC, an
+  optional trailing Z) since 1970. Raises ValueError if any value is neither."""
   try:
     return values.astype(np.float64)
   except ValueError:
+    text = np.char.rstrip(np.char.strip(values.astype(str)), "Z")
+    return text.astype("datetime64[ms]").astype(np.int64) / 1000.0
+
+
+def _to_times(path, values, lines) -> np.ndarray:
+  try:
+    return to_seconds(values)
+  except ValueError:
     for value, line in zip(values, lines):
       try:
-        float(value)
+        to_seconds(np.array([value]))
       except ValueError:
         raise InputError(f"{path}:{line + 1}: timestamp {value.decode(errors='replace')!r} "
-                         "is not a number") from None
+                         "is not a number or an ISO-8601 date/time") from None
     raise
 
 
@@ -260,7 +271,7 @@ def _parse_csv(path: str, raw: bytes, user_col: str, item_col: str, time_col: st
     raise InputError(f"{path}: no data rows under the header")
   table = np.array(rows, dtype=str)
   encode = lambda a: np.char.encode(a, "utf-8")
-  times = _to_float(path, encode(table[:, 2]), np.array(lines)) if time_col else None
+  times = _to_times(path, encode(table[:, 2]), np.array(lines)) if time_col else None
   return encode(table[:, 0]), encode(table[:, 1]), times
 
 
@@ -272,7 +283,7 @@ def _group_pairs(user_tokens, item_tokens, times) -> ClickLog:
   order = order[np.argsort(users[order], kind="stable")]  # by user, then time, then file order
   counts = np.bincount(users, minlength=len(user_ids))
   indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-  return ClickLog(user_ids, item_ids, indptr, items[order])
+  return ClickLog(user_ids, item_ids, indptr, items[order], None if times is None else times[order])
 
 
 def _preview(line: bytes) -> str:
@@ -311,33 +322,32 @@ def synthetic_click_log(num_users: int = 5000, num_items: int = 1000, seed: int 
   return ClickLog(user_ids, item_ids, indptr, (seqs[keep] + 1).astype(np.int32))
 
 
-# ----------------------------------------------------------------------------- vocab
-
-
-def save_vocab(log: ClickLog, path: str) -> None:
-  from jaxrec.fileio import atomic_path
-  with atomic_path(path, suffix=".npz") as tmp:
-    np.savez(tmp, user_ids=log.user_ids, item_ids=log.item_ids)
-
-
 # ----------------------------------------------------------------------------- split
 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """Leave-one-out: last click tests, second-to-last validates, the rest trains.
+  """Which clicks train and which are validation and test targets.
 
-  Users with fewer than 3 clicks only train. `train_end[u]` is the exclusive end of
-  user u's training clicks in `log.items`.
+  `train_end[u]` is the exclusive end of user u's training clicks in `log.items`. A
+  target of `valid` or `test` is the click at index `end` of its user; the clicks
+  before it are the input, and the history that ranking excludes.
   """
   log: ClickLog
   train_end: np.ndarray  # [U] int64
-  eval_users: np.ndarray  # [E] users with >= 3 clicks
+  valid_users: np.ndarray  # [V]
+  valid_ends: np.ndarray  # [V] index of each validation target in log.items
+  test_users: np.ndarray  # [T]
+  test_ends: np.ndarray  # [T]
 
   @property
   def train_users(self) -> np.ndarray:
     """Users with at least one (input, label) pair: >= 2 training clicks."""
     return np.flatnonzero(self.train_end - self.log.indptr[:-1] >= 2)
+
+  @property
+  def has_holdout(self) -> bool:
+    return len(self.valid_users) > 0
 
   def item_counts(self) -> np.ndarray:
     """[I] training clicks per item (padding 0 has none)."""
@@ -348,22 +358,48 @@ class Split:
     return np.bincount(self.log.items[mask], minlength=self.log.num_items)
 
   def eval_inputs(self, split: str):
-    """(input end [E], target item [E]) for `valid` or `test` over eval_users.
-
-    The input is the user's clicks before the target; those clicks are also the
-    history that ranking excludes.
-    """
-    if split not in ("valid", "test"):
-      raise ValueError(split)
-    ends = self.log.indptr[self.eval_users + 1] - (2 if split == "valid" else 1)
-    return ends, self.log.items[ends]
+    """(users [E], input end [E], target item [E]) of `valid` or `test`."""
+    if split == "valid":
+      return self.valid_users, self.valid_ends, self.log.items[self.valid_ends]
+    if split == "test":
+      return self.test_users, self.test_ends, self.log.items[self.test_ends]
+    raise ValueError(split)
 
 
 def leave_one_out(log: ClickLog, path: str = "data") -> Split:
+  """The last click tests, the second-to-last validates, the rest trains; users with
+  fewer than 3 clicks only train."""
   lengths = log.lengths()
   eval_users = np.flatnonzero(lengths >= 3)
-  train_end = log.indptr[1:] - np.where(lengths >= 3, 2, 0)
-  split = Split(log, train_end, eval_users)
   if len(eval_users) == 0:
     raise InputError(f"{path}: no user has 3 or more clicks, so nothing can be validated or tested")
-  return split
+  train_end = log.indptr[1:] - np.where(lengths >= 3, 2, 0)
+  ends = log.indptr[eval_users + 1]
+  return Split(log, train_end, eval_users, ends - 2, eval_users, ends - 1)
+
+
+def no_holdout(log: ClickLog) -> Split:
+  """Every click trains (the shipped model); nothing is validated or tested."""
+  none = np.zeros(0, np.int64)
+  return Split(log, log.indptr[1:].copy(), none, none, none, none)
+
+
+def time_split(log: ClickLog, valid_from: float, test_from: float, path: str = "data") -> Split:
+  """Clicks before `valid_from` train. Each user's first click in [valid_from, test_from)
+  is a validation target and the first at or after `test_from` a test target, each
+  with every earlier click as input (users with no earlier click are not evaluated)."""
+  if log.times is None:
+    raise InputError(f"{path}: --split=time needs timestamps (a third `pairs` column or --time_col)")
+  starts = log.indptr[:-1]
+  users_N = np.repeat(np.arange(log.num_users), log.lengths())
+  # Clicks are sorted by time within a user, so "first index at or after t" is a count.
+  def first_at_or_after(t):
+    return starts + np.bincount(users_N[log.times < t], minlength=log.num_users)
+  train_end = first_at_or_after(valid_from)
+  valid_first, test_first = train_end, first_at_or_after(test_from)
+  valid_users = np.flatnonzero((valid_first < test_first) & (valid_first > starts))
+  test_users = np.flatnonzero((test_first < log.indptr[1:]) & (test_first > starts))
+  if not len(valid_users) or not len(test_users):
+    raise InputError(f"{path}: the time split leaves {len(valid_users)} validation and {len(test_users)} "
+                     "test users (each needs a click before the boundary and one after)")
+  return Split(log, train_end, valid_users, valid_first[valid_users], test_users, test_first[test_users])

@@ -38,6 +38,9 @@ def flags_parser(prog: str):
     try:
       return flags.FLAGS(argv)
     except flags.Error as e:
-      print(f"{prog}: error: {e}", file=sys.stderr)
+      text = str(e)
+      if text.startswith("flags ") and ": --" in text:  # a rule over several flags: its own words
+        text = text[text.index(": --") + 2:]
+      print(f"{prog}: error: {text}", file=sys.stderr)
       sys.exit(EXIT_USAGE)
   return parse

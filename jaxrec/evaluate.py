@@ -60,8 +60,7 @@ def evaluate(params, config: ModelConfig, split: Split, which: str, ks=(10, 20, 
   user had already clicked counts as a miss, as it would in recall.
   """
   log = split.log
-  ends, targets = split.eval_inputs(which)
-  users = split.eval_users
+  users, ends, targets = split.eval_inputs(which)
   user_emb = user_vectors(params, config, log, users, ends, batch_size)
   history = metrics.padded_histories(*input_pipeline.clicks_before(log, users, ends))
   ranks = metrics.evaluate_ranks(user_emb, item_table(params, config), targets, history)

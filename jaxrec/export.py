@@ -24,8 +24,11 @@ def history_ends(log: ClickLog, until: str) -> np.ndarray:
 
 
 def export_embeddings(params, config: ModelConfig, log: ClickLog, path: str, until: str = "none",
-                      batch_size: int = 1024) -> dict:
+                      batch_size: int = 1024, metadata: dict | None = None) -> dict:
   """Writes `path` atomically; returns the arrays written.
+
+  `metadata` (e.g. the checkpoint step, the model config as JSON, the vocabulary's
+  fingerprint) is stored as 0-d arrays beside the vectors; `jaxrec.recall` ignores it.
 
   user_ids [U], user_emb [U, D], item_ids [I-1], item_emb [I-1, D] (padding dropped),
   visited_indptr [U+1], visited_indices (CSR of the clicks behind each user vector,
@@ -41,6 +44,7 @@ def export_embeddings(params, config: ModelConfig, log: ClickLog, path: str, unt
       "item_emb": evaluate.item_table(params, config)[1:],
       "visited_indptr": indptr,
       "visited_indices": (visited - 1).astype(np.int64),
+      **{k: np.asarray(v) for k, v in (metadata or {}).items()},
   }
   with atomic_path(path, suffix=".npz") as tmp:
     np.savez(tmp, **arrays)

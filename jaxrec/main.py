@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxrec import console
 from jaxrec import click_log
+from jaxrec import vocab
 from jaxrec.errors import InputError, exit_on_input_error, flags_parser
 
 PROG = "jaxrec"
@@ -91,11 +92,21 @@ flags.DEFINE_integer("log_every_steps", 50, "Progress line interval.", lower_bou
 flags.DEFINE_integer("eval_every_epochs", 1, "Validate every N epochs; 0: never.", lower_bound=0)
 flags.DEFINE_list("eval_ks", ["10", "20", "50"], "Cut-offs K of HR@K and NDCG@K.")
 flags.DEFINE_integer("eval_batch_size", 1024, "Users per evaluation block.", lower_bound=1)
-flags.DEFINE_integer("patience", 0, "Stop after this many validations without a better NDCG@10; 0: never.",
-                     lower_bound=0)
-flags.DEFINE_enum("checkpoints", "latest", ["latest", "best"],
-                  "--mode=eval/export: read the latest checkpoints (for resuming) or the best on "
-                  "validation NDCG@10 (the model training selected).")
+flags.DEFINE_integer("patience", 0, "Stop after this many validations without a better --select_metric; "
+                     "0: never.", lower_bound=0)
+flags.DEFINE_string("select_metric", "ndcg@10", "Validation metric that picks the best checkpoint and drives "
+                    "--patience: ndcg@K or hr@K for a K of --eval_ks, or mrr (e.g. hr@200 for a recall stage).")
+flags.DEFINE_enum("holdout", "last", ["last", "none"],
+                  "last: hold out validation and test clicks as --split says; none: train on every click "
+                  "(the model to ship: no validation or test, all --num_epochs).")
+flags.DEFINE_enum("split", "leave_one_out", ["leave_one_out", "time"],
+                  "leave_one_out: each user's last click tests, the one before validates; time: clicks at "
+                  "or after --valid_from validate and at or after --test_from test (needs timestamps).")
+flags.DEFINE_string("valid_from", "", "--split=time: first validation time (a number or ISO-8601).")
+flags.DEFINE_string("test_from", "", "--split=time: first test time (a number or ISO-8601).")
+flags.DEFINE_enum("checkpoints", "auto", ["auto", "latest", "best"],
+                  "--mode=eval/export: the best on validation (the model training selected), the latest "
+                  "(for resuming), or auto: the best where validation ran, else the latest.")
 flags.DEFINE_integer("checkpoint_step", None, "--mode=eval/export: checkpoint step (default: the newest of "
                      "--checkpoints).")
 flags.DEFINE_enum("export_until", "none", ["none", "test"],
@@ -103,6 +114,8 @@ flags.DEFINE_enum("export_until", "none", ["none", "test"],
 flags.DEFINE_string("output", "", "--mode=export: output path (default <workdir>/embeddings.npz).")
 # Run.
 flags.DEFINE_string("workdir", "", "Directory of checkpoints, vocabularies, metrics and TensorBoard logs.")
+flags.DEFINE_list("allow_changed_flags", [], "Training flags a rerun may change from the run it resumes "
+                  "(e.g. num_epochs,learning_rate); any other change is refused.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "export"], "What to do.")
 flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", 1, "Processes in a multi-process run.", lower_bound=1)
@@ -146,9 +159,35 @@ _rule(["eval_ks"], lambda v: _ints(v["eval_ks"]) is not None,
       lambda v: f"--eval_ks={','.join(v['eval_ks'])}: expected integers like 10,20,50")
 _rule(["eval_ks"], lambda v: _ints(v["eval_ks"]) is None or min(_ints(v["eval_ks"]), default=0) > 0,
       lambda v: f"--eval_ks={','.join(v['eval_ks'])}: cut-offs must be positive")
-_rule(["eval_ks", "eval_every_epochs"],
-      lambda v: not v["eval_every_epochs"] or 10 in (_ints(v["eval_ks"]) or [10]),
-      lambda v: f"--eval_ks={','.join(v['eval_ks'])}: must include 10 (checkpoints are picked by NDCG@10)")
+def _selectable(v) -> bool:
+  metric, ks = v["select_metric"], _ints(v["eval_ks"]) or []
+  kind, _, k = metric.partition("@")
+  return metric == "mrr" or (kind in ("hr", "ndcg") and k.isdigit() and int(k) in ks)
+
+
+_rule(["select_metric", "eval_ks", "eval_every_epochs"], lambda v: not v["eval_every_epochs"] or _selectable(v),
+      lambda v: f"--select_metric={v['select_metric']}: expected mrr, or hr@K or ndcg@K with K in "
+                f"--eval_ks={','.join(v['eval_ks'])}")
+_rule(["holdout", "patience"], lambda v: v["holdout"] != "none" or not v["patience"],
+      lambda v: f"--patience={v['patience']}: needs validation, which --holdout=none has not")
+_rule(["holdout", "split"], lambda v: v["holdout"] != "none" or v["split"] == "leave_one_out",
+      lambda v: "--split=time: holds clicks out, which --holdout=none does not")
+
+
+def _seconds(text: str) -> float | None:
+  try:
+    return float(click_log.to_seconds(np.array([text.strip()]))[0])
+  except ValueError:
+    return None
+
+
+for _name in ("valid_from", "test_from"):
+  _rule(["split", _name], lambda v, n=_name: v["split"] != "time" or _seconds(v[n]) is not None,
+        lambda v, n=_name: f"--{n}={v[n]}: --split=time needs a number or an ISO-8601 date/time")
+_rule(["split", "valid_from", "test_from"],
+      lambda v: v["split"] != "time" or None in (_seconds(v["valid_from"]), _seconds(v["test_from"]))
+      or _seconds(v["valid_from"]) <= _seconds(v["test_from"]),
+      lambda v: f"--valid_from={v['valid_from']}: after --test_from={v['test_from']}")
 _rule(["bucket_lengths"], lambda v: _ints(v["bucket_lengths"]) is not None,
       lambda v: f"--bucket_lengths={','.join(v['bucket_lengths'])}: expected integers like 8,16,32")
 _rule(["bucket_lengths"], lambda v: all(b > 0 for b in _ints(v["bucket_lengths"]) or []),
@@ -207,6 +246,7 @@ def train_config(num_items: int):
                      eval_every_epochs=FLAGS.eval_every_epochs,
                      eval_ks=tuple(int(k) for k in FLAGS.eval_ks),
                      eval_batch_size=FLAGS.eval_batch_size, patience=FLAGS.patience,
+                     select_metric=FLAGS.select_metric,
                      bucket_lengths=bucket_lengths(),
                      sparse_embedding_updates=FLAGS.sparse_embedding_updates,
                      short_length=FLAGS.short_length,
@@ -229,50 +269,123 @@ def prepare_workdir(workdir: str) -> None:
     raise InputError(f"--workdir={workdir}: not a writable directory")
 
 
+# Flags that define the trained model and how it was trained: a resumed run must keep them
+# (train_config.json). Data location, logging and checkpoint cadence may change.
+TRAIN_FLAGS = ("seq_length", "hidden_size", "num_attention_heads", "num_hidden_layers", "feed_forward_size",
+               "dropout_rate", "attention_dropout_rate", "share_embeddings", "embedding_layer_norm",
+               "position_order", "batch_size", "num_epochs", "learning_rate", "lr_schedule", "warmup_steps",
+               "weight_decay", "grad_clip_norm", "loss", "remove_accidental_hits", "num_negatives",
+               "negative_distribution", "log_q", "label_smoothing", "sparse_embedding_updates",
+               "short_length", "bucket_lengths", "seed", "eval_every_epochs", "eval_ks", "patience",
+               "select_metric", "holdout", "split", "valid_from", "test_from")
+
+
+def source() -> str:
+  return FLAGS.data_path or "synthetic data"
+
+
+def make_split(log: click_log.ClickLog) -> click_log.Split:
+  if FLAGS.holdout == "none":
+    return click_log.no_holdout(log)
+  if FLAGS.split == "time":
+    return click_log.time_split(log, _seconds(FLAGS.valid_from), _seconds(FLAGS.test_from), source())
+  return click_log.leave_one_out(log, source())
+
+
+def data_fingerprint(log: click_log.ClickLog) -> dict:
+  size = os.path.getsize(FLAGS.data_path) if FLAGS.data_path else None
+  return {"path": os.path.abspath(FLAGS.data_path) if FLAGS.data_path else "synthetic", "bytes": size,
+          "clicks": int(len(log.items)), "users": int(log.num_users), "items": int(log.num_items - 1)}
+
+
+def versions() -> dict:
+  import flax
+  import jax
+  import jaxrec
+  return {"jaxrec": jaxrec.__version__, "jax": jax.__version__, "flax": flax.__version__}
+
+
 def run_train(log: click_log.ClickLog) -> None:
   from jaxrec import checkpoints
   from jaxrec import train
-  source = FLAGS.data_path or "synthetic data"
-  split = click_log.leave_one_out(log, source)
+  vocab_path = os.path.join(FLAGS.workdir, "vocab.npz")
+  resuming = os.path.exists(vocab_path) and checkpoints.read_model_config(FLAGS.workdir) is not None
+  if resuming:
+    # Resuming: the log must hold exactly the model's items, read in its rows' order.
+    log, alignment = vocab.align_to_vocab(log, vocab.load_item_vocab(vocab_path))
+    if alignment.unknown_items or alignment.missing_items:
+      raise InputError(f"{source()}: its items differ from those of the model in --workdir={FLAGS.workdir} "
+                       f"({alignment.unknown_items} new, {alignment.missing_items} missing): train on it in a "
+                       f"new --workdir with --init_from={FLAGS.workdir}")
+  split = make_split(log)
   if len(split.train_users) == 0:
-    raise InputError(f"{source}: no user has 2 or more training clicks (users with 3 or more "
-                     "clicks keep their last 2 for validation and test): nothing to train on")
+    raise InputError(f"{source()}: no user has 2 or more training clicks (with --holdout=last, users with "
+                     "3 or more clicks keep their last 2 for validation and test): nothing to train on")
   config = train_config(log.num_items)
+  train_flags = {name: FLAGS[name].value for name in TRAIN_FLAGS}
   checkpoints.check_same_model(FLAGS.workdir, config.model)
+  checkpoints.check_train_flags(FLAGS.workdir, train_flags, set(FLAGS.allow_changed_flags))
   prepare_workdir(FLAGS.workdir)
   checkpoints.write_model_config(FLAGS.workdir, config.model)
-  click_log.save_vocab(log, os.path.join(FLAGS.workdir, "vocab.npz"))
+  checkpoints.write_train_flags(FLAGS.workdir, train_flags)
+  if not resuming:
+    vocab.save_vocab(log, vocab_path)
+  run_info = {"flags": train_flags, "data": data_fingerprint(log), "versions": versions(),
+              "vocab_fingerprint": vocab.vocab_fingerprint(log.item_ids)}
   try:
-    train.train_and_evaluate(config, split, FLAGS.workdir)
+    train.train_and_evaluate(config, split, FLAGS.workdir, run_info)
   except train.Preempted as e:
     print(f"{PROG}: {e}", file=sys.stderr)
     sys.exit(e.exit_code)
 
 
-def trained_params(log: click_log.ClickLog):
-  """(model config, params) of --checkpoint_step (or the latest) in --workdir."""
+def model_checkpoint():
+  """(model config, checkpoint manager, step) that --checkpoints and --checkpoint_step name."""
   from jaxrec import checkpoints
   config = checkpoints.read_model_config(FLAGS.workdir)
   if config is None:
     raise InputError(f"--workdir={FLAGS.workdir}: no trained model here (no model_config.json)")
-  if config.num_items != log.num_items:
-    raise InputError(f"--data_path={FLAGS.data_path}: {log.num_items - 1} items, but the model in "
-                     f"--workdir={FLAGS.workdir} was trained on {config.num_items - 1}")
-  which = checkpoints.BEST if FLAGS.checkpoints == "best" else checkpoints.LATEST
-  mgr = checkpoints.manager(FLAGS.workdir, which, writer=False)
+  which = FLAGS.checkpoints
+  if which == "auto":
+    has_best = checkpoints.manager(FLAGS.workdir, checkpoints.BEST, writer=False).all_steps()
+    which = "best" if has_best else "latest"
+  mgr = checkpoints.manager(FLAGS.workdir, checkpoints.BEST if which == "best" else checkpoints.LATEST,
+                            writer=False)
   if not mgr.all_steps():
     raise InputError(f"--workdir={FLAGS.workdir}: no checkpoints in {mgr.directory} yet")
   step = FLAGS.checkpoint_step if FLAGS.checkpoint_step is not None else mgr.latest_step()
   if step not in mgr.all_steps():
     raise InputError(f"--checkpoint_step={step}: no such checkpoint in {mgr.directory} "
                      f"(have {sorted(mgr.all_steps())})")
-  return config, checkpoints.restore_params(mgr, step), step
+  return config, mgr, step
+
+
+def in_model_ids(log: click_log.ClickLog, config) -> click_log.ClickLog:
+  """The log through the workdir's vocabulary: clicks on items the model lacks are skipped."""
+  vocab_path = os.path.join(FLAGS.workdir, "vocab.npz")
+  if not os.path.exists(vocab_path):
+    raise InputError(f"--workdir={FLAGS.workdir}: no vocab.npz, so the item rows have no ids")
+  item_ids = vocab.load_item_vocab(vocab_path)
+  if len(item_ids) != config.num_items:
+    raise InputError(f"{vocab_path}: {len(item_ids) - 1} items, but model_config.json says {config.num_items - 1}")
+  aligned, alignment = vocab.align_to_vocab(log, item_ids)
+  if not len(aligned.items):
+    raise InputError(f"{source()}: none of its {log.num_items - 1} items is an item of the model in "
+                     f"--workdir={FLAGS.workdir} (renamed ids?)")
+  if alignment.unknown_clicks:
+    console.info("%s: skipped %d clicks on %d items the model does not know (%d users left with none)",
+                 source(), alignment.unknown_clicks, alignment.unknown_items, alignment.dropped_users)
+  return aligned
 
 
 def run_eval(log: click_log.ClickLog) -> None:
   from jaxrec import evaluate
-  config, params, step = trained_params(log)
-  split = click_log.leave_one_out(log, FLAGS.data_path or "synthetic data")
+  if FLAGS.holdout == "none":
+    raise InputError("--mode=eval: --holdout=none holds nothing out to evaluate")
+  from jaxrec import checkpoints
+  config, mgr, step = model_checkpoint()
+  split = make_split(in_model_ids(log, config))
+  params = checkpoints.restore_params(mgr, step)
   ks = tuple(int(k) for k in FLAGS.eval_ks)
   with open(os.path.join(FLAGS.workdir, "metrics.jsonl"), "a") as f:
     for which in ("valid", "test"):
@@ -283,15 +396,22 @@ def run_eval(log: click_log.ClickLog) -> None:
 
 
 def run_export(log: click_log.ClickLog) -> None:
+  import dataclasses
+  from jaxrec import checkpoints
   from jaxrec import export
-  config, params, step = trained_params(log)
+  config, mgr, step = model_checkpoint()
   path = FLAGS.output or os.path.join(FLAGS.workdir, "embeddings.npz")
   out_dir = os.path.dirname(os.path.abspath(path))
   if os.path.isdir(path):
     raise InputError(f"--output={path}: is a directory")
   if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
     raise InputError(f"--output={path}: directory {out_dir} is not writable")
-  arrays = export.export_embeddings(params, config, log, path, FLAGS.export_until, FLAGS.eval_batch_size)
+  log = in_model_ids(log, config)
+  params = checkpoints.restore_params(mgr, step)
+  metadata = {"step": step, "model_config": json.dumps(dataclasses.asdict(config), sort_keys=True),
+              "vocab_fingerprint": vocab.vocab_fingerprint(log.item_ids)}
+  arrays = export.export_embeddings(params, config, log, path, FLAGS.export_until, FLAGS.eval_batch_size,
+                                    metadata)
   console.info("wrote %s: %d users, %d items, checkpoint step %d", path, len(arrays["user_ids"]),
                len(arrays["item_ids"]), step)
 

@@ -7,6 +7,7 @@ batch, so it equals the single-device loss. Batches come from `input_pipeline`, 
 math of a step from `step`.
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -14,6 +15,7 @@ import math
 import os
 import signal
 import time
+import uuid
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +29,7 @@ from jaxrec import input_pipeline
 from jaxrec import step as step_lib
 from jaxrec.click_log import Split
 from jaxrec.errors import TrainingError
+from jaxrec.fileio import atomic_open
 from jaxrec.input_pipeline import Batch
 from jaxrec.model import ModelConfig, Seq2Seq
 from jaxrec.step import LossConfig, TrainState
@@ -48,7 +51,8 @@ class TrainConfig:
   checkpoint_every_steps: int = 1000
   max_to_keep: int = 3
   log_every_steps: int = 50
-  eval_every_epochs: int = 1  # 0: no validation
+  eval_every_epochs: int = 1  # 0: no validation (nor without a holdout: click_log.no_holdout)
+  select_metric: str = "ndcg@10"  # the validation metric that picks `best/` and drives patience
   eval_ks: tuple = (10, 20, 50)
   eval_batch_size: int = 1024
   patience: int = 0  # evaluations without improvement before stopping; 0: never stop early
@@ -75,6 +79,9 @@ def to_global(batch: Batch, sharding: NamedSharding) -> Batch:
     per_process = v.shape[0] // jax.process_count()
     return v[jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
   return jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, local(v), v.shape), batch)
+
+
+SUCCESS = "_SUCCESS"  # written last, once summary.json is complete
 
 
 class Trainer:
@@ -106,6 +113,7 @@ class Trainer:
     self.latest = checkpoints.manager(workdir, checkpoints.LATEST, config.checkpoint_every_steps,
                                       config.max_to_keep)
     self.best = checkpoints.manager(workdir, checkpoints.BEST, 1, 1)
+    self.validates = bool(config.eval_every_epochs) and split.has_holdout
 
   def init_state(self) -> TrainState:
     init = functools.partial(step_lib.init_state, self.model, self.tx,
@@ -175,13 +183,25 @@ def _check_finite(metrics_host: dict, step: int, params=None) -> None:
 
 
 class MetricsLog:
-  """Appends JSON lines to <workdir>/metrics.jsonl and mirrors scalars to TensorBoard."""
+  """Appends JSON lines to <workdir>/metrics.jsonl and mirrors scalars to TensorBoard.
+
+  Every row carries this run's id and the wall time; a row for a step that an earlier run
+  already recorded (steps recomputed after a resume) is marked `"repeated": true`.
+  """
 
   def __init__(self, workdir: str, enabled: bool):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.enabled = enabled
+    self.run_id = uuid.uuid4().hex[:12]
     self.writer = None
+    self._recorded = {}  # split -> the last step earlier runs recorded for it
     if enabled:
+      if os.path.exists(self.path):
+        with open(self.path) as f:
+          for line in f:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+              row = json.loads(line)
+              self._recorded[row["split"]] = max(self._recorded.get(row["split"], -1), row["step"])
       from tensorboardX import SummaryWriter
       self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
 
@@ -193,20 +213,29 @@ class MetricsLog:
   def record(self, row: dict, prefix: str) -> None:
     if not self.enabled:
       return
+    row = {**row, "run_id": self.run_id, "time": round(time.time(), 3)}
+    if row["step"] <= self._recorded.get(row["split"], -1):
+      row["repeated"] = True
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
-    self.scalars(row["step"], {k: v for k, v in row.items() if isinstance(v, float)}, prefix)
+    self.scalars(row["step"], {k: v for k, v in row.items() if isinstance(v, float) and k != "time"}, prefix)
 
   def close(self):
     if self.writer:
       self.writer.close()
 
 
-def train_and_evaluate(config: TrainConfig, split: Split, workdir: str) -> dict:
+def train_and_evaluate(config: TrainConfig, split: Split, workdir: str, run_info: dict | None = None) -> dict:
   """Trains (resuming from the workdir's latest checkpoint), validates, tests the best state.
 
+  At the end writes `summary.json` (`run_info`, e.g. flags and data, plus the best and
+  final steps and their metrics) and then the `_SUCCESS` marker, each atomically; a run
+  that does not finish leaves neither (a stale marker is removed first).
   Returns the final test metrics (or {} when validation is off).
   """
+  if jax.process_index() == 0:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(os.path.join(workdir, SUCCESS))
   trainer = Trainer(config, split, workdir)
   log = MetricsLog(workdir, enabled=jax.process_index() == 0)
   try:
@@ -217,7 +246,7 @@ def train_and_evaluate(config: TrainConfig, split: Split, workdir: str) -> dict:
                  len(trainer.train_users), trainer.steps_per_epoch, config.num_epochs, trainer.rows,
                  jax.device_count())
     epoch_done, into_epoch = divmod(step, trainer.steps_per_epoch)
-    if (step and not into_epoch and config.eval_every_epochs and not progress.stopped
+    if (step and not into_epoch and trainer.validates and not progress.stopped
         and epoch_done % config.eval_every_epochs == 0 and progress.validated_epoch < epoch_done):
       # Killed after the epoch-end checkpoint but before its validation was recorded.
       _validate(trainer, state, epoch_done, step, log, progress)
@@ -228,7 +257,7 @@ def train_and_evaluate(config: TrainConfig, split: Split, workdir: str) -> dict:
       trainer.latest.wait_until_finished()
       trainer.best.wait_until_finished()
     result = {}
-    if config.eval_every_epochs and trainer.best.latest_step() is not None:
+    if trainer.validates and trainer.best.latest_step() is not None:
       best_step = trainer.best.latest_step()
       best = checkpoints.restore(trainer.best, best_step, trainer.abstract_state())
       result = evaluate.evaluate(best.params, config.model, split, "test", config.eval_ks,
@@ -238,8 +267,19 @@ def train_and_evaluate(config: TrainConfig, split: Split, workdir: str) -> dict:
       evaluate.print_table(row)
   finally:
     log.close()
+  final_step = trainer.latest.latest_step()
   trainer.latest.close()
   trainer.best.close()
+  if jax.process_index() == 0:
+    summary = {**(run_info or {}), "run_id": log.run_id, "final_step": final_step,
+               "best": {"step": trainer.best.latest_step() if trainer.validates else None,
+                        "epoch": progress.best_epoch if trainer.validates else None,
+                        "select_metric": config.select_metric, "valid": progress.best_metrics},
+               "test": result}
+    with atomic_open(os.path.join(workdir, "summary.json")) as f:
+      json.dump(summary, f, indent=1)
+    with atomic_open(os.path.join(workdir, SUCCESS)) as f:
+      f.write(log.run_id + "\n")
   return result
 
 
@@ -247,8 +287,9 @@ def train_and_evaluate(config: TrainConfig, split: Split, workdir: str) -> dict:
 class _EvalProgress:
   """Best validation score and patience counter, persisted so resumed runs stop alike."""
   path: str
-  best_ndcg: float = -1.0
+  best_score: float = -1.0  # of TrainConfig.select_metric
   best_epoch: int = -1
+  best_metrics: dict = dataclasses.field(default_factory=dict)
   bad_evals: int = 0
   stopped: bool = False
   validated_epoch: int = 0  # the last epoch whose validation was recorded
@@ -258,11 +299,13 @@ class _EvalProgress:
     path = os.path.join(workdir, "eval_progress.json")
     if os.path.exists(path):
       with open(path) as f:
-        return cls(path, **json.load(f))
+        saved = json.load(f)
+      if "best_ndcg" in saved:  # written before --select_metric, which was then ndcg@10
+        saved["best_score"] = saved.pop("best_ndcg")
+      return cls(path, **saved)
     return cls(path)
 
   def save(self):
-    from jaxrec.fileio import atomic_open
     if jax.process_index() == 0:
       with atomic_open(self.path) as f:
         json.dump({k: v for k, v in dataclasses.asdict(self).items() if k != "path"}, f)
@@ -315,7 +358,7 @@ def _train_loop(trainer: Trainer, state, step: int, log: MetricsLog, progress, s
         log.record({"split": "train", "epoch": epoch + 1, "step": step,
                     "loss": epoch_loss / max(epoch_steps, 1), "steps": epoch_steps}, "train/epoch_")
         epoch_loss, epoch_steps = 0.0, 0
-        if config.eval_every_epochs and (epoch + 1) % config.eval_every_epochs == 0:
+        if trainer.validates and (epoch + 1) % config.eval_every_epochs == 0:
           _validate(trainer, state, epoch + 1, step, log, progress)
           interval_start = time.perf_counter()  # throughput counts training only
   return state
@@ -329,14 +372,17 @@ def _validate(trainer: Trainer, state, epoch: int, step: int, log: MetricsLog, p
   log.record(row, "valid/")
   evaluate.print_table(row)
   progress.validated_epoch = epoch
-  if result["ndcg@10"] > progress.best_ndcg:
-    progress.best_ndcg, progress.best_epoch, progress.bad_evals = result["ndcg@10"], epoch, 0
+  score = result[config.select_metric]
+  if score > progress.best_score:
+    progress.best_score, progress.best_epoch, progress.bad_evals = score, epoch, 0
+    progress.best_metrics = row
     checkpoints.save(trainer.best, step, state, force=True)
   else:
     progress.bad_evals += 1
     if config.patience and progress.bad_evals >= config.patience:
-      console.info("early stopping: no better validation NDCG@10 for %d evaluations (best %.4f at "
-                   "epoch %d)", progress.bad_evals, progress.best_ndcg, progress.best_epoch)
+      console.info("early stopping: no better validation %s for %d evaluations (best %.4f at "
+                   "epoch %d)", config.select_metric, progress.bad_evals, progress.best_score,
+                   progress.best_epoch)
       progress.stopped = True
   trainer.best.wait_until_finished()
   progress.save()

@@ -162,7 +162,7 @@ CASES = {
                                   ("--sparse_embedding_updates: does not combine with --grad_clip_norm=1.0",)),
     "short_length_not_below_seq_length": Case(SYN + " --short_length=10",
                                               ("--short_length=10: must be in [0, --seq_length)",)),
-    "eval_ks_without_10": Case(SYN + " --eval_ks=5,20 --eval_every_epochs=1", ("--eval_ks=5,20: must include 10",)),
+    "eval_ks_without_10": Case(SYN + " --eval_ks=5,20 --eval_every_epochs=1", ("error: --select_metric=ndcg@10: expected mrr, or hr@K or ndcg@K with K in --eval_ks=5,20",)),
     "label_smoothing_with_inbatch": Case(SYN + " --label_smoothing=0.1", ("--label_smoothing: only for --loss=full",)),
     "label_smoothing_one": Case(SYN + " --loss=full --label_smoothing=1", ("--label_smoothing=1.0: must be in [0, 1)",)),
     "unknown_format": Case("--data_format=xml", ("--data_format=xml: value should be one of",)),
@@ -182,7 +182,8 @@ CASES = {
         "--data_path={trained_data} --workdir={trained} --hidden_size=32",
         ("--workdir={trained} holds checkpoints of a different model (hidden_size 16 there, 32 now)",)),
     "workdir_of_other_items": Case(
-        SEQ + " --workdir={trained}", ("--workdir={trained} holds checkpoints of a different model (num_items",),
+        SEQ + " --workdir={trained}", ("its items differ from those of the model in --workdir={trained} "
+                                       "(4 new, 100 missing): train on it in a new --workdir with --init_from",),
         {"s.txt": b"u1 a b c d\nu2 a b c d\n"}),
     "workdir_with_corrupt_model_config": Case(
         SYN, ("{tmp}/wd/model_config.json: not a jaxrec model config",), {"wd/model_config.json": b"{oops"}),
@@ -195,7 +196,7 @@ CASES = {
         "--data_path={trained_data} --workdir={trained} --mode=export --checkpoint_step=12345",
         ("--checkpoint_step=12345: no such checkpoint in {trained}/checkpoints (have [",)),
     "export_other_data": Case(SEQ + " --workdir={trained} --mode=export",
-                              ("--data_path={tmp}/s.txt: 4 items, but the model in --workdir={trained}",),
+                              ("{tmp}/s.txt: none of its 4 items is an item of the model in --workdir={trained}",),
                               {"s.txt": b"u1 a b c d\nu2 a b c d\n"}),
     "export_output_under_regular_file": Case(
         "--data_path={trained_data} --workdir={trained} --mode=export --output={tmp}/f/e.npz",

@@ -82,8 +82,8 @@ def test_leave_one_out():
     else:
       np.testing.assert_array_equal(train, clicks)
   for which, back in (("valid", 2), ("test", 1)):
-    ends, targets = split.eval_inputs(which)
-    for u, end, target in zip(split.eval_users, ends, targets):
+    users, ends, targets = split.eval_inputs(which)
+    for u, end, target in zip(users, ends, targets):
       assert end == log.indptr[u + 1] - back and target == log.items[end]
   counts = split.item_counts()
   naive = np.zeros(log.num_items, int)

@@ -201,9 +201,9 @@ def test_non_finite_stops_and_keeps_the_last_checkpoint(extra, poison_at, messag
   # Resumed for one more epoch: non-finite one step after the resume, or at the first save.
   fill = dict(resumed_step_2=final_step + 2, save_step=(final_step // 4 + 1) * 4)
   if poison_at is None:
-    result = train(workdir, "--num_epochs=6", *extra)
+    result = train(workdir, "--num_epochs=6", "--allow_changed_flags=num_epochs,learning_rate", *extra)
   else:
-    argv = [sys.executable, "-c", POISONED_STEP, poison_at.format(**fill), *command(workdir, "--num_epochs=6")[3:]]
+    argv = [sys.executable, "-c", POISONED_STEP, poison_at.format(**fill), *command(workdir, "--num_epochs=6", "--allow_changed_flags=num_epochs")[3:]]
     result = subprocess.run(argv, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             timeout=300)
   lines = result.stderr.splitlines()

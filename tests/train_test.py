@@ -69,13 +69,13 @@ def test_loss_falls_and_workdir_holds_everything(trained):
 
 def test_model_beats_most_popular(trained):
   workdir, result = trained
-  ends, targets = SPLIT.eval_inputs("test")
+  eval_users, ends, targets = SPLIT.eval_inputs("test")
   counts = SPLIT.item_counts()
   # Most-popular baseline with the same history exclusion, via the same rank code.
   table = np.zeros((LOG.num_items, 1), np.float32)
   table[:, 0] = counts
   users = np.ones((len(targets), 1), np.float32)
-  starts = LOG.indptr[SPLIT.eval_users]
+  starts = LOG.indptr[eval_users]
   from jaxrec import metrics
   indptr = np.concatenate([[0], np.cumsum(ends - starts)])
   hist = LOG.items[np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)])]
@@ -120,8 +120,8 @@ def test_export_then_recall_hit_rate_equals_test_hr(trained, tmp_path):
     subprocess.run([sys.executable, "-m", "jaxrec.recall", f"--embeddings={path}", f"--top_n={top_n}",
                     f"--output={out}"], check=True, capture_output=True)
     recalled = dict(line.split("\t") for line in out.read_text().splitlines())
-    _, targets = SPLIT.eval_inputs("test")
-    hits = [LOG.item_ids[t] in recalled[LOG.user_ids[u]].split(",") for u, t in zip(SPLIT.eval_users, targets)]
+    eval_users, _, targets = SPLIT.eval_inputs("test")
+    hits = [LOG.item_ids[t] in recalled[LOG.user_ids[u]].split(",") for u, t in zip(eval_users, targets)]
     expected = evaluate.evaluate(params, config, SPLIT, "test", (top_n,))[f"hr@{top_n}"]
     assert np.mean(hits) == pytest.approx(expected, abs=1e-9)
 

@@ -84,6 +84,9 @@ flags.DEFINE_list("bucket_lengths", [],
                   "Shorter padded lengths, e.g. 8,16,32: users are batched with others of similar "
                   "length and run at the shortest that holds them (exact, much faster on short logs).")
 flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling, negatives and dropout.")
+flags.DEFINE_string("init_from", "", "Warm start: begin a new --workdir from the model in this workdir (its "
+                    "items keep their rows, new items of this log are appended; a fresh optimizer).")
+flags.DEFINE_enum("init_checkpoints", "best", ["best", "latest"], "--init_from: which checkpoint to start from.")
 flags.DEFINE_integer("checkpoint_every_steps", 1000, "Checkpoint interval (also at every epoch end).",
                      lower_bound=1)
 flags.DEFINE_integer("max_to_keep", 3, "Checkpoints kept.", lower_bound=1)
@@ -277,7 +280,7 @@ TRAIN_FLAGS = ("seq_length", "hidden_size", "num_attention_heads", "num_hidden_l
                "weight_decay", "grad_clip_norm", "loss", "remove_accidental_hits", "num_negatives",
                "negative_distribution", "log_q", "label_smoothing", "sparse_embedding_updates",
                "short_length", "bucket_lengths", "seed", "eval_every_epochs", "eval_ks", "patience",
-               "select_metric", "holdout", "split", "valid_from", "test_from")
+               "select_metric", "holdout", "split", "valid_from", "test_from", "init_from", "init_checkpoints")
 
 
 def source() -> str:
@@ -317,6 +320,19 @@ def run_train(log: click_log.ClickLog) -> None:
       raise InputError(f"{source()}: its items differ from those of the model in --workdir={FLAGS.workdir} "
                        f"({alignment.unknown_items} new, {alignment.missing_items} missing): train on it in a "
                        f"new --workdir with --init_from={FLAGS.workdir}")
+  base = new_items = None
+  # The base model initialises a warm-started run until its first checkpoint exists.
+  if FLAGS.init_from and not (resuming and checkpoints.manager(FLAGS.workdir, writer=False).all_steps()):
+    from jaxrec import warm_start
+    if os.path.abspath(FLAGS.init_from) == os.path.abspath(FLAGS.workdir):
+      raise InputError(f"--init_from={FLAGS.init_from}: is --workdir; a warm start trains in a new workdir")
+    base = warm_start.read_base(FLAGS.init_from, FLAGS.init_checkpoints)
+    warm_start.check_same_shape(base, model_config(base.config.num_items))
+    if not resuming:
+      item_ids, new_items = warm_start.merge_vocab(base.item_ids, log.item_ids)
+      log, _ = vocab.align_to_vocab(log, item_ids)
+    console.info("warm start from %s step %d: %d items kept, %d new", FLAGS.init_from, base.step,
+                 len(base.item_ids) - 1, log.num_items - len(base.item_ids))
   split = make_split(log)
   if len(split.train_users) == 0:
     raise InputError(f"{source()}: no user has 2 or more training clicks (with --holdout=last, users with "
@@ -329,11 +345,11 @@ def run_train(log: click_log.ClickLog) -> None:
   checkpoints.write_model_config(FLAGS.workdir, config.model)
   checkpoints.write_train_flags(FLAGS.workdir, train_flags)
   if not resuming:
-    vocab.save_vocab(log, vocab_path)
+    vocab.save_vocab(log, vocab_path, new_items)
   run_info = {"flags": train_flags, "data": data_fingerprint(log), "versions": versions(),
               "vocab_fingerprint": vocab.vocab_fingerprint(log.item_ids)}
   try:
-    train.train_and_evaluate(config, split, FLAGS.workdir, run_info)
+    train.train_and_evaluate(config, split, FLAGS.workdir, run_info, base and base.params)
   except train.Preempted as e:
     print(f"{PROG}: {e}", file=sys.stderr)
     sys.exit(e.exit_code)

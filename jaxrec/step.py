@@ -65,11 +65,15 @@ def make_optimizer(config: OptimizerConfig, total_steps: int):
   return adam, lr
 
 
-def init_state(model: Seq2Seq, tx, rng: jax.Array, sparse_embedding_updates: bool = False) -> TrainState:
-  """Step 0: fresh parameters and optimizer state (for the sparse step: the dense part's
-  state and zero Adam moments per item table)."""
+def init_state(model: Seq2Seq, tx, rng: jax.Array, sparse_embedding_updates: bool = False,
+               adapt=None) -> TrainState:
+  """Step 0: fresh parameters (passed through `adapt`, e.g. a warm start's graft, if given)
+  and fresh optimizer state (for the sparse step: the dense part's state and zero Adam
+  moments per item table)."""
   params_rng, dropout_rng = jax.random.split(rng)
   params = init_params(model.config, params_rng)
+  if adapt is not None:
+    params = adapt(params)
   if not sparse_embedding_updates:
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), dropout_rng)
   names = set(model.table_names())

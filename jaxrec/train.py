@@ -27,6 +27,7 @@ from jaxrec import console
 from jaxrec import evaluate
 from jaxrec import input_pipeline
 from jaxrec import step as step_lib
+from jaxrec import warm_start
 from jaxrec.click_log import Split
 from jaxrec.errors import TrainingError
 from jaxrec.fileio import atomic_open
@@ -87,8 +88,10 @@ SUCCESS = "_SUCCESS"  # written last, once summary.json is complete
 class Trainer:
   """Owns the mesh, the batch plan, the jitted step and the checkpoint managers of one workdir."""
 
-  def __init__(self, config: TrainConfig, split: Split, workdir: str):
+  def __init__(self, config: TrainConfig, split: Split, workdir: str, base_params=None):
+    """`base_params`: a smaller model's parameters to start from (warm_start.graft)."""
     self.config, self.split, self.workdir = config, split, workdir
+    self.base_params = base_params
     self.model = Seq2Seq(config.model)
     self.mesh = data_mesh()
     self.replicated = NamedSharding(self.mesh, P())
@@ -116,9 +119,10 @@ class Trainer:
     self.validates = bool(config.eval_every_epochs) and split.has_holdout
 
   def init_state(self) -> TrainState:
-    init = functools.partial(step_lib.init_state, self.model, self.tx,
-                             sparse_embedding_updates=self.config.sparse_embedding_updates)
-    return jax.jit(init, out_shardings=self.replicated)(jax.random.key(self.config.seed))
+    def init(rng, base):
+      adapt = None if base is None else functools.partial(warm_start.graft, base=base)
+      return step_lib.init_state(self.model, self.tx, rng, self.config.sparse_embedding_updates, adapt)
+    return jax.jit(init, out_shardings=self.replicated)(jax.random.key(self.config.seed), self.base_params)
 
   def abstract_state(self):
     shapes = jax.eval_shape(lambda: self.init_state())
@@ -225,18 +229,20 @@ class MetricsLog:
       self.writer.close()
 
 
-def train_and_evaluate(config: TrainConfig, split: Split, workdir: str, run_info: dict | None = None) -> dict:
+def train_and_evaluate(config: TrainConfig, split: Split, workdir: str, run_info: dict | None = None,
+                       base_params=None) -> dict:
   """Trains (resuming from the workdir's latest checkpoint), validates, tests the best state.
 
   At the end writes `summary.json` (`run_info`, e.g. flags and data, plus the best and
   final steps and their metrics) and then the `_SUCCESS` marker, each atomically; a run
   that does not finish leaves neither (a stale marker is removed first).
+  `base_params` (a warm start) initialise a run that has no checkpoint yet.
   Returns the final test metrics (or {} when validation is off).
   """
   if jax.process_index() == 0:
     with contextlib.suppress(FileNotFoundError):
       os.remove(os.path.join(workdir, SUCCESS))
-  trainer = Trainer(config, split, workdir)
+  trainer = Trainer(config, split, workdir, base_params)
   log = MetricsLog(workdir, enabled=jax.process_index() == 0)
   try:
     state = trainer.restore_or_init()

@@ -1,0 +1,88 @@
+"""Warm start (--init_from): yesterday's model grown to today's catalog.
+
+The vocabulary keeps every old item in its row, in its order, and appends the items new
+in today's log; items absent today keep their rows (they stay in the catalog). Encoder
+and position parameters are copied; each item table keeps its old rows and takes its new
+rows from the cold-start initialisation of the same seed, so a new row is exactly what a
+cold start would have given it. The optimizer starts fresh: Adam moments of a grown table
+have no meaning for its new rows, and yesterday's moments would carry a step size tuned
+to yesterday's last steps rather than to today's warm-up and schedule.
+"""
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrec import checkpoints
+from jaxrec import vocab
+from jaxrec.errors import InputError
+from jaxrec.model import ModelConfig
+
+# Model fields that fix parameter shapes or their meaning; named as main's flags.
+SHAPE_FIELDS = ("seq_length", "hidden_size", "num_attention_heads", "num_hidden_layers", "feed_forward_size",
+                "share_embeddings", "embedding_layer_norm", "position_order")
+TABLES = ("item_embeddings", "outputs_embedding")
+
+
+@dataclasses.dataclass(frozen=True)
+class Base:
+  """The model a warm start begins from."""
+  workdir: str
+  config: ModelConfig
+  params: dict
+  item_ids: np.ndarray  # [I_old] raw ids of its table rows, padding first
+  step: int
+
+
+def read_base(workdir: str, which: str = "best") -> Base:
+  """The `which` (best or latest) checkpoint of a jaxrec workdir, with its vocabulary."""
+  flag = f"--init_from={workdir}"
+  if not os.path.isdir(workdir):
+    raise InputError(f"{flag}: not a directory")
+  config = checkpoints.read_model_config(workdir)
+  vocab_path = os.path.join(workdir, "vocab.npz")
+  if config is None or not os.path.exists(vocab_path):
+    raise InputError(f"{flag}: not a jaxrec workdir (no model_config.json and vocab.npz)")
+  mgr = checkpoints.manager(workdir, checkpoints.BEST if which == "best" else checkpoints.LATEST, writer=False)
+  if not mgr.all_steps():
+    raise InputError(f"{flag}: no checkpoint in {mgr.directory} (--init_checkpoints={which})")
+  item_ids = vocab.load_item_vocab(vocab_path)
+  if len(item_ids) != config.num_items:
+    raise InputError(f"{vocab_path}: {len(item_ids) - 1} items, but model_config.json says {config.num_items - 1}")
+  step = mgr.latest_step()
+  return Base(workdir, config, checkpoints.restore_params(mgr, step), item_ids, step)
+
+
+def check_same_shape(base: Base, config: ModelConfig) -> None:
+  """Refuses model flags whose parameters could not be copied from `base`."""
+  for name in SHAPE_FIELDS:
+    there, now = getattr(base.config, name), getattr(config, name)
+    if there != now:
+      raise InputError(f"--{name}={now}: the model of --init_from={base.workdir} has {name}={there}; "
+                       "a warm start keeps the model's shape")
+
+
+def merge_vocab(old_item_ids: np.ndarray, log_item_ids: np.ndarray):
+  """(item ids [I], new [I] bool): the old ids in their rows, then the log's new ids."""
+  new_ids = np.setdiff1d(log_item_ids[1:], old_item_ids[1:])  # sorted, as a cold start orders them
+  item_ids = np.concatenate([old_item_ids, new_ids])  # the wider unicode width of the two
+  new = np.zeros(len(item_ids), bool)
+  new[len(old_item_ids):] = True
+  return item_ids, new
+
+
+def graft(fresh: dict, base: dict) -> dict:
+  """`fresh` parameters (a cold start's, for the grown catalog) with `base` copied in: every
+  non-table parameter whole, and the first rows of each item table."""
+  def one(path, fresh_leaf, base_leaf):
+    name = path[0].key
+    if name in TABLES:
+      return fresh_leaf.at[:base_leaf.shape[0]].set(base_leaf)
+    if fresh_leaf.shape != base_leaf.shape:
+      raise ValueError(f"{jax.tree_util.keystr(path)}: shape {base_leaf.shape} in the base model, "
+                       f"{fresh_leaf.shape} now")
+    return jnp.asarray(base_leaf, fresh_leaf.dtype)
+  return jax.tree.map_with_path(one, fresh, base)

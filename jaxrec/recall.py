@@ -7,8 +7,22 @@ JAX or the model.
 
 Output: one line per user, `user<TAB>item1,item2,...` (raw ids, best first), or
 `item:score` pairs with --with_scores. With --num_shards=n --shard_index=s a run
-handles the contiguous users [s*U//n, (s+1)*U//n), so concatenating the shard
-outputs in shard order gives exactly the unsharded output.
+handles the contiguous users [s*U//n, (s+1)*U//n); concatenating the shard
+outputs in shard order gives the unsharded output wherever the BLAS scores a
+pair alike in any batch (faiss's OpenBLAS does).
+
+Exactness (flat index; the users an approximate index leaves short after a
+second, larger search are searched exactly). A list holds the top-N unvisited
+items by inner product, best first, where items whose scores are within float32
+rounding of each other may come in either order: with float64 scores s and
+tol_u = (D + 2) * 2^-23 * max_j sum_k |u_k v_jk|, it has min(N, unvisited)
+distinct unvisited items, s[i+1] <= s[i] + tol_u, its last s is >= any unlisted
+unvisited s - tol_u, and each float32 score is within tol_u of its s. Ranking by
+any float32 evaluation of u.v meets this (each is within about
+D * 2^-24 * sum_k |u_k v_jk| of s). The same input on the same machine gives the
+same output: exact float32 ties go by item index ascending, faiss keeps each
+query's top k on one thread, and sgemm splits the score matrix, not the sums,
+over threads.
 
 Shapes: U users, I items, D embedding size, B users in a search batch, K
 candidates per user, N = top_n.
@@ -16,11 +30,11 @@ candidates per user, N = top_n.
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import math
 import os
 import time
-import zipfile
 
 from absl import app
 from absl import flags
@@ -28,67 +42,14 @@ import faiss
 import numpy as np
 
 from jaxrec import console
+from jaxrec import embeddings
 from jaxrec import errors
 from jaxrec import fileio
 
 PROG = "jaxrec.recall"
-ARRAYS = ("user_ids", "user_emb", "item_ids", "item_emb", "visited_indptr",
-          "visited_indices")
-# Extra candidates per search, so that the rounding check below rarely fails.
-MARGIN = 16
-
-# Exactness. The design note searches one user at a time and flat mode must
-# return its lists exactly. faiss scores one query with its SIMD dot product
-# (`fvec_inner_product`) but a large batch with BLAS sgemm. The two round
-# differently (up to ~2e-5 on random normal data, D=64), which reorders near-tied
-# items: a plain batched search changed about 1 list in 1,000 there (and every
-# list when items come in near-duplicate groups). faiss 1.15 also scores a single
-# query with sgemm when it splits >= 10k items over several threads. So:
-#   1. `_single_query_scoring` asks faiss which of the two a one-user search uses
-#      here (rather than copying faiss's internal rule).
-#   2. Candidates come from a batched search, K = top_n + visits + MARGIN.
-#   3. They are rescored with that arithmetic (SIMD: `fvec_inner_products_by_idx`;
-#      sgemm: the batched search itself, kept on its BLAS path) and ordered as
-#      faiss orders its results: score descending, then item index descending.
-#   4. A user's list is final only if its last item beats every non-candidate by
-#      more than the rounding error: two float32 evaluations of u.v, in any
-#      summation order, differ by at most about 2*D*2^-24*sum_k|u_k v_k|; we allow
-#      (D+2)*2^-23*|u|*max|v| (`_error_factor`). Otherwise the user is searched
-#      again with a larger K (all items at worst).
-#   5. Where a one-user search matches neither (faiss 1.15 splits >= 10k items over
-#      its threads and scores each block with a one-row sgemm, which on an AVX-512
-#      AMD EPYC rounds unlike a batched one), lists come from sgemm MARGIN items
-#      longer, and each user with two of the first top_n + 1 items whose scores
-#      could swap (gap <= the sum of the two items' own bounds,
-#      (D+2)*2^-23*sum_k|u_k v_k|) has them rescored with a one-query sgemm over just
-#      the listed items ("row": that score depends on the item alone, which
-#      `_single_query_scoring` checks). If an unlisted item could still enter the
-#      first top_n, or no such rescoring matches ("single"), the user is searched
-#      alone, as the note does.
-# Only a tie group that reaches the note's own k-th result (>= 23*top_n items
-# with one score) can still differ: there faiss keeps an arbitrary subset.
-
-
-@dataclasses.dataclass(frozen=True)
-class Embeddings:
-  """The arrays of an exported `.npz` (validated by `load_embeddings`)."""
-  user_ids: np.ndarray         # [U] str
-  user_emb: np.ndarray         # [U, D] float32
-  item_ids: np.ndarray         # [I] str
-  item_emb: np.ndarray         # [I, D] float32
-  visited_indptr: np.ndarray   # [U + 1] int64, CSR row pointers
-  visited_indices: np.ndarray  # [nnz] int64, indices into item_ids
-
-  def shard(self, num_shards: int, shard_index: int) -> "Embeddings":
-    """The contiguous users [s*U//n, (s+1)*U//n); items are kept whole."""
-    num_users = len(self.user_ids)
-    lo = shard_index * num_users // num_shards
-    hi = (shard_index + 1) * num_users // num_shards
-    indptr = self.visited_indptr[lo:hi + 1]
-    return dataclasses.replace(
-        self, user_ids=self.user_ids[lo:hi], user_emb=self.user_emb[lo:hi],
-        visited_indptr=indptr - indptr[0],
-        visited_indices=self.visited_indices[indptr[0]:indptr[-1]])
+ARRAYS = embeddings.ARRAYS
+Embeddings = embeddings.Embeddings
+load_embeddings = embeddings.load_embeddings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,96 +61,6 @@ class IndexConfig:
   hnsw_m: int = 32
   hnsw_ef_search: int = 256
   hnsw_ef_construction: int = 40
-
-
-def _one_line(e: BaseException) -> str:
-  return " ".join(str(e).split()) or type(e).__name__
-
-
-def load_embeddings(path: str) -> Embeddings:
-  """Reads an exported `.npz`; raises InputError naming the file and the problem."""
-  if not os.path.exists(path):
-    raise errors.InputError(f"{path}: no such file")
-  if os.path.isdir(path):
-    raise errors.InputError(f"{path}: is a directory, expected an .npz file")
-  try:
-    npz = np.load(path, allow_pickle=False)
-  except ValueError:  # Neither zip nor .npy: numpy would try pickle next.
-    raise errors.InputError(f"{path}: not an .npz archive")
-  except (OSError, EOFError, zipfile.BadZipFile) as e:
-    raise errors.InputError(f"{path}: not an .npz archive ({_one_line(e)})")
-  if not isinstance(npz, np.lib.npyio.NpzFile):
-    raise errors.InputError(f"{path}: not an .npz archive (a single .npy array)")
-  arrays = {}
-  with npz:
-    missing = [name for name in ARRAYS if name not in npz.files]
-    if missing:
-      raise errors.InputError(f"{path}: missing array(s) {', '.join(missing)}")
-    for name in ARRAYS:
-      try:
-        arrays[name] = npz[name]
-      except ValueError as e:
-        if "allow_pickle" in str(e):
-          raise errors.InputError(
-              f"{path}: array {name} holds pickled Python objects; save plain "
-              "numpy arrays (ids as unicode strings, not dtype=object)")
-        raise errors.InputError(f"{path}: array {name}: {_one_line(e)}")
-      except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise errors.InputError(f"{path}: array {name} is unreadable ({_one_line(e)})")
-  return _checked(path, **arrays)
-
-
-def _checked(path, user_ids, user_emb, item_ids, item_emb, visited_indptr,
-             visited_indices) -> Embeddings:
-  """Validates shapes, dtypes, CSR structure and values; converts dtypes."""
-  def fail(message):
-    raise errors.InputError(f"{path}: {message}")
-
-  for name, ids, bad_chars in (("user_ids", user_ids, "\t\n\r"),
-                               ("item_ids", item_ids, "\t\n\r,")):
-    if ids.ndim != 1 or ids.dtype.kind != "U":
-      fail(f"{name} must be a 1-D array of unicode strings, got {ids.dtype} "
-           f"with shape {ids.shape}")
-    for char in bad_chars:
-      if (np.char.find(ids, char) >= 0).any():
-        fail(f"{name} contains {char!r}, which the output format cannot hold")
-    if len(np.unique(ids)) != len(ids):
-      fail(f"{name} has duplicates")
-  embs = {}
-  for name, emb, ids_name, ids in (("user_emb", user_emb, "user_ids", user_ids),
-                                   ("item_emb", item_emb, "item_ids", item_ids)):
-    if emb.ndim != 2 or emb.dtype.kind != "f":
-      fail(f"{name} must be a 2-D float array, got {emb.dtype} with shape {emb.shape}")
-    if emb.shape[0] != len(ids):
-      fail(f"{name} has {emb.shape[0]} rows but {ids_name} has {len(ids)} ids")
-    if emb.shape[1] == 0:
-      fail(f"{name} has embedding size 0")
-    emb = np.ascontiguousarray(emb, np.float32)
-    if emb.size and not (np.isfinite(emb.min()) and np.isfinite(emb.max())):
-      row = int(np.flatnonzero(~np.isfinite(emb).all(axis=1))[0])
-      fail(f"{name} has non-finite values (first in row {row})")
-    embs[name] = emb
-  if user_emb.shape[1] != item_emb.shape[1]:
-    fail(f"user_emb has size {user_emb.shape[1]} but item_emb has size "
-         f"{item_emb.shape[1]}")
-  for name, a in (("visited_indptr", visited_indptr),
-                  ("visited_indices", visited_indices)):
-    if a.ndim != 1 or a.dtype.kind not in "iu":
-      fail(f"{name} must be a 1-D integer array, got {a.dtype} with shape {a.shape}")
-  indptr = visited_indptr.astype(np.int64)
-  indices = visited_indices.astype(np.int64)
-  if len(indptr) != len(user_ids) + 1:
-    fail(f"visited_indptr has length {len(indptr)}, expected {len(user_ids) + 1} "
-         "(users + 1)")
-  if indptr[0] != 0 or (np.diff(indptr) < 0).any():
-    fail("visited_indptr must start at 0 and never decrease")
-  if indptr[-1] != len(indices):
-    fail(f"visited_indptr ends at {indptr[-1]} but visited_indices has "
-         f"{len(indices)} entries")
-  if len(indices) and (indices.min() < 0 or indices.max() >= len(item_ids)):
-    fail(f"visited_indices out of range [0, {len(item_ids)})")
-  return Embeddings(user_ids, embs["user_emb"], item_ids, embs["item_emb"],
-                    indptr, indices)
 
 
 def build_index(item_emb: np.ndarray, config: IndexConfig) -> faiss.Index:
@@ -218,234 +89,100 @@ def default_ivf_nlist(num_items: int) -> int:
   return max(1, min(round(4 * math.sqrt(num_items)), num_items // 39))
 
 
-@contextlib.contextmanager
-def _blas_search(enabled: bool = True):
-  """Keeps IndexFlat on sgemm even for small batches (it uses SIMD loops below
-  distance_compute_blas_threshold). Process-global while active."""
-  old = faiss.cvar.distance_compute_blas_threshold
-  if enabled:
-    faiss.cvar.distance_compute_blas_threshold = 0
-  try:
-    with _reservoir_top_k():
-      yield
-  finally:
-    faiss.cvar.distance_compute_blas_threshold = old
+# IndexFlat's batched search, tuned: sgemm for any batch size (below the BLAS
+# threshold faiss scores queries one by one with SIMD loops, which round
+# otherwise: a retry would score a pair unlike the first search); the top k kept
+# in a reservoir rather than a heap from k = 32 on (faiss's default is 100),
+# faster at our k; score blocks of 1024 queries x 2048 items.
+_FLAT_SEARCH = {"distance_compute_blas_threshold": 0,
+                "distance_compute_min_k_reservoir": 32,
+                "distance_compute_blas_query_bs": 1024,
+                "distance_compute_blas_database_bs": 2048}
 
 
 @contextlib.contextmanager
-def _reservoir_top_k(from_k: int = 32):
-  """Keeps the top k with faiss's reservoir rather than a heap from `from_k` on (faiss's
-  default is 100): about 25% faster at our k of 60-100, with the same lists."""
-  old = faiss.cvar.distance_compute_min_k_reservoir
-  faiss.cvar.distance_compute_min_k_reservoir = min(old, from_k)
+def _flat_search_settings():
+  """Sets _FLAT_SEARCH (process-global) while active."""
+  old = {name: getattr(faiss.cvar, name) for name in _FLAT_SEARCH}
   try:
+    for name, value in _FLAT_SEARCH.items():
+      setattr(faiss.cvar, name, value)
     yield
   finally:
-    faiss.cvar.distance_compute_min_k_reservoir = old
+    for name, value in old.items():
+      setattr(faiss.cvar, name, value)
 
 
-def _simd_scores(user_BxD, item_emb, ids_BxK) -> np.ndarray:
-  """u.v for the given pairs with faiss's one-query SIMD dot product; -inf for id -1."""
-  user_BxD = np.ascontiguousarray(user_BxD, np.float32)
-  ids_BxK = np.ascontiguousarray(ids_BxK, np.int64)
-  scores_BxK = np.empty(ids_BxK.shape, np.float32)
-  faiss.fvec_inner_products_by_idx(
-      faiss.swig_ptr(scores_BxK), faiss.swig_ptr(user_BxD),
-      faiss.swig_ptr(item_emb), faiss.swig_ptr(ids_BxK), item_emb.shape[1],
-      ids_BxK.shape[0], ids_BxK.shape[1])
-  return scores_BxK
+def _by_score_then_id(scores_BxK, ids_BxK):
+  """Rows by score descending, then item index ascending, id -1 (none) last.
 
-
-def _error_factor(dim: int) -> float:
-  """Two float32 evaluations of u.v, summed in any order, differ by at most
-  2 * gamma_D * sum_k |u_k v_k| (gamma_D = D u / (1 - D u), u = 2^-24); this factor,
-  times sum_k |u_k v_k| (or the larger |u| |v|), bounds that with room to spare."""
-  return (dim + 2) * float(np.finfo(np.float32).eps)
-
-
-def _pair_error(user_BxD, item_emb, ids_BxM) -> np.ndarray:
-  """The bound of `_error_factor` for each listed (user, item) pair: [B, M] float64
-  (0 where the id is -1)."""
-  user_BxD = np.abs(user_BxD, dtype=np.float64)
-  sums_BxM = np.empty(ids_BxM.shape)
-  for m in range(ids_BxM.shape[1]):  # a column at a time: no [B, M, D] copy
-    items_BxD = np.abs(item_emb[np.maximum(ids_BxM[:, m], 0)], dtype=np.float64)
-    sums_BxM[:, m] = np.einsum("bd,bd->b", items_BxD, user_BxD)
-  return np.where(ids_BxM >= 0, _error_factor(item_emb.shape[1]) * sums_BxM, 0.0)
-
-
-def _row_scores(user_D, item_emb, ids) -> np.ndarray:
-  """u.v for the given items (no -1), each as a one-query sgemm scores it (step 5)."""
-  index = faiss.IndexFlatIP(item_emb.shape[1])
-  index.add(item_emb[ids])
-  with _blas_search():
-    scores_1xK, pos_1xK = index.search(user_D[None], len(ids))
-  scores = np.empty(len(ids), np.float32)
-  scores[pos_1xK[0]] = scores_1xK[0]
-  return scores
-
-
-def _single_query_scoring(index: faiss.Index, item_emb: np.ndarray) -> str:
-  """How a one-query `index.search` scores here: "simd" or "blas" (step 1 above),
-  "row" (a one-query sgemm, step 5) or "single" where it matches none of them.
-
-  Uses the current faiss thread count, as the one-user search it must match does.
+  faiss leaves exact ties in no set order; only rows out of order are sorted.
   """
-  k = min(16, len(item_emb))
-  queries = np.random.default_rng(0).standard_normal(
-      (4, item_emb.shape[1]), dtype=np.float32)
-  singles = [index.search(q[None], k) for q in queries]
-  scores = np.concatenate([s for s, _ in singles])
-  ids = np.concatenate([i for _, i in singles])
-  if np.array_equal(scores, _simd_scores(queries, item_emb, ids)):
-    return "simd"
-  with _blas_search():
-    blas_scores, blas_ids = index.search(queries, k)
-  if np.array_equal(scores, blas_scores) and np.array_equal(ids, blas_ids):
-    return "blas"
-  if all(np.array_equal(s, _row_scores(q, item_emb, i)) for q, s, i in zip(queries, scores, ids)):
-    return "row"
-  console.info("%s: cannot tell how faiss %s scores one query here; users whose "
-               "lists hold near-tied items are searched one at a time", PROG, faiss.__version__)
-  return "single"
-
-
-def _first_unvisited(ids_BxK, scores_BxK, visited_BxK, top_n):
-  """The first top_n unvisited candidates, ordered by score desc then id desc.
-
-  Returns (ids [B, N] with -1 fill, scores [B, N] with -inf fill, counts [B]).
-  """
-  # faiss returns rows by score already; only rows with ties need the id order fixed.
-  later_ties = scores_BxK[:, 1:] == scores_BxK[:, :-1]
-  misordered = ((scores_BxK[:, 1:] > scores_BxK[:, :-1]) | (later_ties & (ids_BxK[:, 1:] > ids_BxK[:, :-1])))
-  fix = np.flatnonzero(misordered.any(axis=1))
+  key_s = np.where(ids_BxK >= 0, scores_BxK, -np.inf)
+  key_i = np.where(ids_BxK >= 0, ids_BxK, np.iinfo(np.int64).max)
+  ties = key_s[:, 1:] == key_s[:, :-1]
+  wrong = (key_s[:, 1:] > key_s[:, :-1]) | (ties & (key_i[:, 1:] < key_i[:, :-1]))
+  fix = np.flatnonzero(wrong.any(axis=1))
   if fix.size:
-    ids_BxK, scores_BxK, visited_BxK = ids_BxK.copy(), scores_BxK.copy(), visited_BxK.copy()
-    order = np.lexsort((-ids_BxK[fix], -scores_BxK[fix]), axis=-1)
-    for a in (ids_BxK, scores_BxK, visited_BxK):
-      a[fix] = np.take_along_axis(a[fix], order, axis=1)
-  keep_BxK = (ids_BxK >= 0) & ~visited_BxK
-  keep_BxK &= np.cumsum(keep_BxK, axis=1) <= top_n
-  counts_B = keep_BxK.sum(axis=1)
-  # Kept columns first, in their order (a stable sort of the "dropped" flags).
-  cols_BxN = np.argsort(~keep_BxK, axis=1, kind="stable")[:, :top_n]
-  filled_BxN = np.arange(top_n) < counts_B[:, None]
-  ids_BxN = np.where(filled_BxN, np.take_along_axis(ids_BxK, cols_BxN, 1), -1)
-  scores_BxN = np.where(filled_BxN, np.take_along_axis(scores_BxK, cols_BxN, 1),
-                        np.float32(-np.inf))
-  return ids_BxN, scores_BxN, counts_B
+    order = np.lexsort((key_i[fix], -key_s[fix]), axis=-1)
+    scores_BxK, ids_BxK = scores_BxK.copy(), ids_BxK.copy()
+    scores_BxK[fix] = np.take_along_axis(scores_BxK[fix], order, axis=1)
+    ids_BxK[fix] = np.take_along_axis(ids_BxK[fix], order, axis=1)
+  return scores_BxK, ids_BxK
 
 
 def _is_in(keys, sorted_keys):
-  """np.isin for a sorted, duplicate-free `sorted_keys` (no re-sorting)."""
-  if not sorted_keys.size:
-    return np.zeros(keys.shape, bool)
-  pos = np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.size - 1)
-  return sorted_keys[pos] == keys
+  """np.isin for keys >= -1 and a sorted, duplicate-free `sorted_keys`; a table
+  of their low 20 bits (no false negatives) spares most keys the binary search."""
+  table = np.zeros(1 << 20, bool)
+  table[sorted_keys & 0xFFFFF] = True
+  flat = keys.ravel()
+  maybe = np.flatnonzero(table[flat & 0xFFFFF])
+  found = np.zeros(flat.shape, bool)
+  pos = np.searchsorted(sorted_keys, flat[maybe])
+  found[maybe] = np.take(sorted_keys, pos, mode="clip") == flat[maybe]
+  return found.reshape(keys.shape)
 
 
-def _one_user(index, user_D, visited, top_n, num_items):
-  """The design note's own search for one user: (items [N], scores [N])."""
-  k = min(num_items, top_n + len(visited) + MARGIN)
-  while True:
-    scores_1xK, ids_1xK = index.search(user_D[None], k)
-    ids, scores, counts = _first_unvisited(ids_1xK, scores_1xK, np.isin(ids_1xK, visited), top_n)
-    if k == num_items or (counts[0] == top_n and scores[0, -1] > scores_1xK.min()):
-      return ids[0], scores[0]
-    k = min(num_items, 2 * k)
+def _recall_batch(index, exact_index, user_BxD, indptr, indices, top_n):
+  """Top-n unvisited items for one batch of users: (items [B, N], scores [B, N]).
 
-
-def _rescored(user_D, item_emb, ids_M, scores_M, error, top_n):
-  """A user's sgemm list reordered by one-query sgemm scores: (items [N], scores [N]),
-  or None where an item outside the list could still enter its first top_n."""
-  listed = ids_M[ids_M >= 0]
-  row = _row_scores(user_D, item_emb, listed)
-  order = np.lexsort((-listed, -row))  # as faiss orders: score desc, then id desc
-  listed, row = listed[order], row[order]
-  # Every unvisited item listed, or the top_n-th beats any item after the list.
-  if not (len(listed) < len(ids_M) or len(ids_M) == len(item_emb)
-          or row[top_n - 1] > scores_M[-1] + error):
-    return None
-  ids_N = np.full(top_n, -1, np.int64)
-  scores_N = np.full(top_n, -np.inf, np.float32)
-  ids_N[:min(top_n, len(listed))] = listed[:top_n]
-  scores_N[:min(top_n, len(listed))] = row[:top_n]
-  return ids_N, scores_N
-
-
-def _recall_batch(index, scoring, item_emb, user_BxD, error_B, indptr, indices,
-                  top_n):
-  """Top-n unvisited items for one batch of users; see "Exactness" above.
-
-  `scoring` is "simd", "blas" or "row" for the exact index, "single" for an exact
-  index whose one-query arithmetic is unknown, "index" for an approximate one (its own
-  scores, one retry with a larger K). `indptr` [B+1] and `indices` are the
-  batch's visits. Returns (items [B, N], scores [B, N], rows left short).
+  `indptr` [B+1] and `indices` are the batch's visits. Users left short are
+  searched again with a larger K: an exact index until all are complete, an
+  approximate one once, then `exact_index()` (None for an exact `index`).
   """
-  num_users, num_items = len(user_BxD), len(item_emb)
-  if scoring in ("row", "single"):
-    # Lists from sgemm, a little longer; a user with two of the first top_n + 1 items
-    # whose scores could swap is rescored (step 5).
-    num_listed = min(top_n + (MARGIN if scoring == "row" else 1), num_items)
-    ids_BxM, scores_BxM, _ = _recall_batch(index, "blas", item_emb, user_BxD, error_B, indptr,
-                                           indices, num_listed)
-    # Each item's own bound; the (top_n + 1)-th stands for every item after it.
-    n1 = min(top_n + 1, num_listed)
-    item_error_BxN1 = _pair_error(user_BxD, item_emb, ids_BxM[:, :n1])
-    item_error_BxN1[:, -1] = error_B
-    gaps_BxN = scores_BxM[:, :n1 - 1] - scores_BxM[:, 1:n1]
-    close_BxN = gaps_BxN <= item_error_BxN1[:, :-1] + item_error_BxN1[:, 1:]
-    close_B = (close_BxN & np.isfinite(scores_BxM[:, 1:n1])).any(axis=1)
-    ids_BxN, scores_BxN = ids_BxM[:, :top_n].copy(), scores_BxM[:, :top_n].copy()
-    for b in np.flatnonzero(close_B):
-      found = (_rescored(user_BxD[b], item_emb, ids_BxM[b], scores_BxM[b], error_B[b], top_n)
-               if scoring == "row" else None)
-      ids_BxN[b], scores_BxN[b] = found or _one_user(
-          index, user_BxD[b], indices[indptr[b]:indptr[b + 1]], top_n, num_items)
-    return ids_BxN, scores_BxN, np.zeros(0, np.int64)
-  exact = scoring != "index"
-  visits_B = np.diff(indptr)
-  visited_keys = np.unique(np.repeat(np.arange(num_users), visits_B) * num_items
-                           + indices)
-  unvisited_B = num_items - np.bincount(visited_keys // num_items,
-                                        minlength=num_users)
-  ids_BxN = np.full((num_users, top_n), -1, np.int64)
+  num_users, num_items = len(user_BxD), index.ntotal
+  keys = np.sort(np.repeat(np.arange(num_users) * num_items, np.diff(indptr)) + indices)
+  visited_keys = keys[np.diff(keys, prepend=-1) != 0]  # user * I + item, no repeats
+  visits_B = np.bincount(visited_keys // num_items, minlength=num_users)
+  wanted_B = np.minimum(top_n, num_items - visits_B)
+  # A user is complete when its unvisited candidates reach `wanted`, which
+  # K >= top_n + visits ensures whatever the user visited. K is sized for 99% of
+  # the batch so that heavy visitors do not inflate it for all; they search again.
+  need_B = top_n + visits_B
+  k = min(num_items, int(np.ceil(np.quantile(need_B, 0.99))))
+  items_BxN = np.full((num_users, top_n), -1, np.int64)
   scores_BxN = np.full((num_users, top_n), -np.inf, np.float32)
   pending = np.arange(num_users)
-  # Enough candidates for top_n after filtering, barring ties at the boundary.
-  # The 1% heaviest visitors get a second search rather than a huge K for all.
-  need_B = top_n + visits_B + MARGIN
-  k = min(num_items, int(np.ceil(np.quantile(need_B, 0.99))))
   for search in itertools.count():
-    with _blas_search(scoring == "blas"):
-      fast_BxK, cand_BxK = index.search(user_BxD[pending], k)
-    ref_BxK = (_simd_scores(user_BxD[pending], item_emb, cand_BxK)
-               if scoring == "simd" else fast_BxK)
-    keys_BxK = np.where(cand_BxK >= 0, pending[:, None] * num_items + cand_BxK, -1)
-    ids, scores, counts = _first_unvisited(
-        cand_BxK, ref_BxK, _is_in(keys_BxK, visited_keys), top_n)
-    if exact and k == num_items:  # Every item was scored.
-      done = np.ones(len(pending), bool)
-    elif exact:
-      last = scores[np.arange(len(pending)), np.maximum(counts - 1, 0)]
-      done = (counts == top_n) & (last > fast_BxK.min(axis=1) + error_B[pending])
-    else:
-      done = counts == np.minimum(top_n, unvisited_B[pending])
-    ids_BxN[pending[done]] = ids[done]
-    scores_BxN[pending[done]] = scores[done]
-    pending = pending[~done]
-    if not pending.size or (not exact and (search == 1 or k == num_items)):
-      break
+    scores_BxK, ids_BxK = _by_score_then_id(*index.search(user_BxD[pending], k))
+    keys_BxK = pending[:, None] * num_items + ids_BxK
+    keep_BxK = (ids_BxK >= 0) & ~_is_in(keys_BxK, visited_keys)
+    counts_B = keep_BxK.sum(axis=1)
+    done_B = counts_B >= wanted_B[pending]
+    # Kept columns first, in their order (a stable sort of the "dropped" flags).
+    cols_BxN = np.argsort(~keep_BxK[done_B], axis=1, kind="stable")[:, :top_n]
+    filled_BxN = np.arange(top_n) < counts_B[done_B, None]
+    items_BxN[pending[done_B]] = np.where(
+        filled_BxN, np.take_along_axis(ids_BxK[done_B], cols_BxN, axis=1), -1)
+    scores_BxN[pending[done_B]] = np.where(
+        filled_BxN, np.take_along_axis(scores_BxK[done_B], cols_BxN, axis=1), -np.inf)
+    pending = pending[~done_B]
+    if not pending.size:
+      return items_BxN, scores_BxN
+    if exact_index and (search == 1 or k == num_items):  # The approximate index ran dry.
+      index, exact_index = exact_index(), None
     k = min(num_items, max(2 * k, int(need_B[pending].max())))
-  return ids_BxN, scores_BxN, pending
-
-
-def _csr_rows(indptr, indices, rows):
-  """The CSR (indptr, indices) of the given rows only."""
-  counts = np.diff(indptr)[rows]
-  picked = [indices[indptr[r]:indptr[r + 1]] for r in rows]
-  return (np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-          np.concatenate(picked + [np.zeros(0, np.int64)]))
 
 
 def recall_top_n(user_emb: np.ndarray, item_emb: np.ndarray,
@@ -460,10 +197,9 @@ def recall_top_n(user_emb: np.ndarray, item_emb: np.ndarray,
     visited_indptr: [U + 1] CSR row pointers into visited_indices.
     visited_indices: [nnz] indices into the item rows (repeats allowed).
     top_n: items per user, 1 <= top_n <= I.
-    index: "flat" (exact: the design note's one-user lists), "ivf", "hnsw", an
-      IndexConfig, or a faiss index already holding item_emb (an IndexFlatIP is
-      searched exactly). Users an approximate index leaves short are searched
-      exactly.
+    index: "flat" (exact, see "Exactness" above), "ivf", "hnsw", an IndexConfig,
+      or a faiss index already holding item_emb (an IndexFlatIP is searched
+      exactly). Users an approximate index leaves short are searched exactly.
     batch_size: users per faiss search.
     log_every_s: seconds between progress lines on stderr.
 
@@ -480,6 +216,10 @@ def recall_top_n(user_emb: np.ndarray, item_emb: np.ndarray,
     raise errors.InputError(f"top_n={top_n} must be in [1, {num_items}] (the items)")
   if batch_size < 1:
     raise errors.InputError(f"batch_size={batch_size} must be positive")
+  # |u.v| and its partial sums are at most D * max|u_k| * max|v_k|.
+  if num_users and user_emb.shape[1] * float(np.abs(user_emb).max()) * float(
+      np.abs(item_emb).max()) > 1e37:
+    raise errors.InputError("embeddings too large: inner products overflow float32")
   start = time.perf_counter()
   if isinstance(index, faiss.Index):
     if (index.ntotal, index.d) != item_emb.shape:
@@ -495,41 +235,26 @@ def recall_top_n(user_emb: np.ndarray, item_emb: np.ndarray,
       console.info("%s: built %s index over %d items in %.1f s", PROG, config.kind,
                    num_items, time.perf_counter() - start)
   exact = isinstance(faiss_index, faiss.IndexFlatIP)
-  scoring = _single_query_scoring(faiss_index, item_emb) if exact else "index"
-  # Bound on |batched score - one-query score| per user (step 4 above).
-  max_item_norm = np.sqrt((item_emb.astype(np.float64) ** 2).sum(1).max())
-  user_norm_U = np.sqrt((user_emb.astype(np.float64) ** 2).sum(1))
-  error_U = _error_factor(item_emb.shape[1]) * user_norm_U * max_item_norm
-  if error_U.max(initial=0) > 1e30:
-    raise errors.InputError("embeddings too large: inner products overflow float32")
+  exact_index = None if exact else functools.cache(lambda: build_index(item_emb, IndexConfig()))
   items_UxN = np.full((num_users, top_n), -1, np.int64)
   scores_UxN = np.full((num_users, top_n), -np.inf, np.float32)
-  exact_index = None
   last_log = start
-  for lo in range(0, num_users, batch_size):
-    hi = min(num_users, lo + batch_size)
-    users_BxD, error_B = user_emb[lo:hi], error_U[lo:hi]
-    indptr = visited_indptr[lo:hi + 1] - visited_indptr[lo]
-    indices = visited_indices[visited_indptr[lo]:visited_indptr[hi]]
-    items, scores, short = _recall_batch(faiss_index, scoring, item_emb, users_BxD,
-                                         error_B, indptr, indices, top_n)
-    if short.size:  # The approximate index ran dry for these users.
-      if exact_index is None:
-        exact_index = build_index(item_emb, IndexConfig())
-        exact_scoring = _single_query_scoring(exact_index, item_emb)
-      items[short], scores[short], _ = _recall_batch(
-          exact_index, exact_scoring, item_emb, users_BxD[short], error_B[short],
-          *_csr_rows(indptr, indices, short), top_n)
-    items_UxN[lo:hi], scores_UxN[lo:hi] = items, scores
-    now = time.perf_counter()
-    if now - last_log >= log_every_s and hi < num_users:
-      console.info("%s: %d/%d users, %.0f users/s", PROG, hi, num_users,
-                   hi / (now - start))
-      last_log = now
+  with _flat_search_settings():
+    for lo in range(0, num_users, batch_size):
+      hi = min(num_users, lo + batch_size)
+      indptr = visited_indptr[lo:hi + 1] - visited_indptr[lo]
+      indices = visited_indices[visited_indptr[lo]:visited_indptr[hi]]
+      items_UxN[lo:hi], scores_UxN[lo:hi] = _recall_batch(
+          faiss_index, exact_index, user_emb[lo:hi], indptr, indices, top_n)
+      now = time.perf_counter()
+      if now - last_log >= log_every_s and hi < num_users:
+        console.info("%s: %d/%d users, %.0f users/s", PROG, hi, num_users,
+                     hi / (now - start))
+        last_log = now
   elapsed = time.perf_counter() - start
   console.info("%s: %d users x %d items in %.1f s (%.0f users/s, %s search)", PROG,
                num_users, num_items, elapsed, num_users / max(elapsed, 1e-9),
-               f"exact {scoring}" if exact else type(faiss_index).__name__)
+               "exact" if exact else type(faiss_index).__name__)
   return items_UxN, scores_UxN
 
 
@@ -546,7 +271,7 @@ def write_recall(path: str, user_ids: np.ndarray, item_ids: np.ndarray,
       for user, row in zip(user_ids.tolist(), cells.tolist()):
         f.write(f"{user}\t{','.join(row if full else [c for c in row if c])}\n")
   except OSError as e:
-    raise errors.InputError(f"cannot write {path}: {e.strerror or _one_line(e)}")
+    raise errors.InputError(f"cannot write {path}: {e.strerror or embeddings.one_line(e)}")
 
 
 FLAGS = flags.FLAGS

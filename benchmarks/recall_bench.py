@@ -25,6 +25,7 @@ import numpy as np
 
 from benchmarks import common
 from jaxrec import recall
+from jaxrec import recall_lists
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,7 +94,7 @@ def _worker():
     items_UxN, _ = recall.recall_top_n(emb.user_emb, emb.item_emb, emb.visited_indptr,
                                        emb.visited_indices, FLAGS.top_n)
     seconds = time.perf_counter() - start
-  recall.write_recall(FLAGS.worker_output, emb.user_ids, emb.item_ids, items_UxN)
+  recall_lists.write_recall(FLAGS.worker_output, emb.user_ids, emb.item_ids, items_UxN)
   print(json.dumps({"seconds": seconds, "threads": faiss.omp_get_max_threads()}))
 
 

@@ -116,3 +116,21 @@ def write_train_flags(workdir: str, values: dict) -> None:
 
 def _flag_text(value) -> str:
   return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def select(workdir: str, which: str = "auto", step: int | None = None):
+  """(model config, reading manager, step) of a trained workdir's checkpoint: `which` is best,
+  latest, or auto (best where validation ran, else latest); `step` defaults to the newest."""
+  config = read_model_config(workdir)
+  if config is None:
+    raise InputError(f"--workdir={workdir}: no trained model here (no model_config.json)")
+  if which == "auto":
+    which = "best" if manager(workdir, BEST, writer=False).all_steps() else "latest"
+  mgr = manager(workdir, BEST if which == "best" else LATEST, writer=False)
+  if not mgr.all_steps():
+    raise InputError(f"--workdir={workdir}: no checkpoints in {mgr.directory} yet")
+  step = mgr.latest_step() if step is None else step
+  if step not in mgr.all_steps():
+    raise InputError(f"--checkpoint_step={step}: no such checkpoint in {mgr.directory} "
+                     f"(have {sorted(mgr.all_steps())})")
+  return config, mgr, step

@@ -119,7 +119,11 @@ flags.DEFINE_string("output", "", "--mode=export: output path (default <workdir>
 flags.DEFINE_string("workdir", "", "Directory of checkpoints, vocabularies, metrics and TensorBoard logs.")
 flags.DEFINE_list("allow_changed_flags", [], "Training flags a rerun may change from the run it resumes "
                   "(e.g. num_epochs,learning_rate); any other change is refused.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "export"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "export", "export_model"],
+                  "What to do; export_model: the portable artifact (model_export.py) in --output or "
+                  "<workdir>/model.")
+flags.DEFINE_bool("onnx", False, "--mode=export_model: also write user_tower.onnx (needs the `onnx` extra: "
+                  "pip install -e '.[onnx]').")
 flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", 1, "Processes in a multi-process run.", lower_bound=1)
 flags.DEFINE_integer("process_id", 0, "This process's index in a multi-process run.", lower_bound=0)
@@ -156,7 +160,8 @@ _rule(["hidden_size", "num_attention_heads"], lambda v: v["hidden_size"] % v["nu
       lambda v: f"--hidden_size={v['hidden_size']} is not divisible by "
                 f"--num_attention_heads={v['num_attention_heads']}")
 _rule(["workdir"], lambda v: bool(v["workdir"]), lambda v: "--workdir: required")
-_rule(["data_format", "data_path"], lambda v: v["data_format"] == "synthetic" or bool(v["data_path"]),
+_rule(["data_format", "data_path", "mode"],
+      lambda v: v["data_format"] == "synthetic" or v["mode"] == "export_model" or bool(v["data_path"]),
       lambda v: "--data_path: required unless --data_format=synthetic")
 _rule(["eval_ks"], lambda v: _ints(v["eval_ks"]) is not None,
       lambda v: f"--eval_ks={','.join(v['eval_ks'])}: expected integers like 10,20,50")
@@ -345,7 +350,7 @@ def run_train(log: click_log.ClickLog) -> None:
   checkpoints.write_model_config(FLAGS.workdir, config.model)
   checkpoints.write_train_flags(FLAGS.workdir, train_flags)
   if not resuming:
-    vocab.save_vocab(log, vocab_path, new_items)
+    vocab.save_vocab(log, vocab_path, new_items, split.item_counts())
   run_info = {"flags": train_flags, "data": data_fingerprint(log), "versions": versions(),
               "vocab_fingerprint": vocab.vocab_fingerprint(log.item_ids)}
   try:
@@ -358,22 +363,7 @@ def run_train(log: click_log.ClickLog) -> None:
 def model_checkpoint():
   """(model config, checkpoint manager, step) that --checkpoints and --checkpoint_step name."""
   from jaxrec import checkpoints
-  config = checkpoints.read_model_config(FLAGS.workdir)
-  if config is None:
-    raise InputError(f"--workdir={FLAGS.workdir}: no trained model here (no model_config.json)")
-  which = FLAGS.checkpoints
-  if which == "auto":
-    has_best = checkpoints.manager(FLAGS.workdir, checkpoints.BEST, writer=False).all_steps()
-    which = "best" if has_best else "latest"
-  mgr = checkpoints.manager(FLAGS.workdir, checkpoints.BEST if which == "best" else checkpoints.LATEST,
-                            writer=False)
-  if not mgr.all_steps():
-    raise InputError(f"--workdir={FLAGS.workdir}: no checkpoints in {mgr.directory} yet")
-  step = FLAGS.checkpoint_step if FLAGS.checkpoint_step is not None else mgr.latest_step()
-  if step not in mgr.all_steps():
-    raise InputError(f"--checkpoint_step={step}: no such checkpoint in {mgr.directory} "
-                     f"(have {sorted(mgr.all_steps())})")
-  return config, mgr, step
+  return checkpoints.select(FLAGS.workdir, FLAGS.checkpoints, FLAGS.checkpoint_step)
 
 
 def in_model_ids(log: click_log.ClickLog, config) -> click_log.ClickLog:
@@ -432,12 +422,39 @@ def run_export(log: click_log.ClickLog) -> None:
                len(arrays["item_ids"]), step)
 
 
+def run_export_model(log: click_log.ClickLog) -> None:
+  """Writes the portable artifact; the log is not read (the vocabulary holds the catalog)."""
+  del log
+  from jaxrec import checkpoints, evaluate, model_export
+  config, mgr, step = model_checkpoint()
+  directory = FLAGS.output or os.path.join(FLAGS.workdir, "model")
+  if os.path.exists(directory) and not os.path.isdir(directory):
+    raise InputError(f"--output={directory}: not a directory")
+  vocab_path = os.path.join(FLAGS.workdir, "vocab.npz")
+  item_ids = vocab.load_item_vocab(vocab_path)
+  counts = vocab.load_item_counts(vocab_path)
+  if FLAGS.onnx:
+    try:
+      import jax2onnx  # noqa: F401
+    except ImportError:
+      raise InputError("--onnx: needs the onnx extra (pip install -e '.[onnx]')") from None
+  params = evaluate.local_copy(checkpoints.restore_params(mgr, step))
+  metadata = {"step": step, "vocab_fingerprint": vocab.vocab_fingerprint(item_ids)}
+  paths = model_export.write_artifact(directory, params, config, item_ids[1:],
+                                      evaluate.item_table(params, config)[1:],
+                                      None if counts is None else counts[1:], metadata, FLAGS.onnx)
+  console.info("wrote %s: %s (checkpoint step %d)", directory, ", ".join(os.path.basename(p) for p in paths),
+               step)
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise InputError(f"unexpected arguments {' '.join(argv[1:])!r} (flags need --)")
   if FLAGS.num_processes > 1:
     import jax
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if FLAGS.mode == "export_model":
+    return run_export_model(None)
   log = load_click_log()
   {"train": run_train, "eval": run_eval, "export": run_export}[FLAGS.mode](log)
 

@@ -29,6 +29,8 @@ candidates per user, N = top_n.
 """
 
 import contextlib
+import hashlib
+import json
 import dataclasses
 import functools
 import itertools
@@ -45,6 +47,7 @@ from jaxrec import console
 from jaxrec import embeddings
 from jaxrec import errors
 from jaxrec import fileio
+from jaxrec import recall_lists
 
 PROG = "jaxrec.recall"
 ARRAYS = embeddings.ARRAYS
@@ -81,6 +84,38 @@ def build_index(item_emb: np.ndarray, config: IndexConfig) -> faiss.Index:
   else:
     raise errors.InputError(f"unknown index kind {config.kind!r} (flat, ivf, hnsw)")
   index.add(item_emb)
+  return index
+
+
+def item_fingerprint(item_ids: np.ndarray, item_emb: np.ndarray) -> str:
+  """sha256 of the item ids and vectors an index is built over."""
+  digest = hashlib.sha256("\n".join(item_ids.tolist()).encode())
+  digest.update(np.ascontiguousarray(item_emb, np.float32).tobytes())
+  return digest.hexdigest()
+
+
+def save_index(index: faiss.Index, path: str, fingerprint: str) -> None:
+  """Writes the index to `path` and its catalog's fingerprint to `path`.json, atomically."""
+  try:
+    with fileio.atomic_path(path) as tmp:
+      faiss.write_index(index, tmp)
+    with fileio.atomic_open(path + ".json") as f:
+      json.dump({"fingerprint": fingerprint, "vectors": index.ntotal, "dim": index.d,
+                 "index": type(index).__name__}, f)
+  except (OSError, RuntimeError) as e:
+    raise errors.InputError(f"--save_index={path}: cannot write: {embeddings.one_line(e)}") from None
+
+
+def load_index(path: str, fingerprint: str) -> faiss.Index:
+  """The index `save_index` wrote, refused unless built over the same items and vectors."""
+  try:
+    with open(path + ".json") as f:
+      meta = json.load(f)
+    index = faiss.read_index(path)
+  except (OSError, ValueError, RuntimeError) as e:
+    raise errors.InputError(f"--load_index={path}: cannot read a saved index: {embeddings.one_line(e)}") from None
+  if meta.get("fingerprint") != fingerprint:
+    raise errors.InputError(f"--load_index={path}: built over other item ids or vectors than --embeddings")
   return index
 
 
@@ -185,6 +220,16 @@ def _recall_batch(index, exact_index, user_BxD, indptr, indices, top_n):
     k = min(num_items, max(2 * k, int(need_B[pending].max())))
 
 
+def search(index: faiss.Index, user_BxD: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
+           top_n: int, exact_index=None):
+  """`recall_top_n` for one batch over a built index, quietly (serving calls it per batch):
+  (items [B, N], scores [B, N]). `exact_index()` gives the flat index an approximate one
+  falls back to."""
+  with _flat_search_settings():
+    return _recall_batch(index, exact_index, np.ascontiguousarray(user_BxD, np.float32),
+                         np.asarray(indptr, np.int64), np.asarray(indices, np.int64), top_n)
+
+
 def recall_top_n(user_emb: np.ndarray, item_emb: np.ndarray,
                  visited_indptr: np.ndarray, visited_indices: np.ndarray,
                  top_n: int, *, index: str | IndexConfig | faiss.Index = "flat",
@@ -258,22 +303,6 @@ def recall_top_n(user_emb: np.ndarray, item_emb: np.ndarray,
   return items_UxN, scores_UxN
 
 
-def write_recall(path: str, user_ids: np.ndarray, item_ids: np.ndarray,
-                 items_UxN: np.ndarray, scores_UxN: np.ndarray | None = None):
-  """Writes `user<TAB>item,...` (or `item:score,...`) lines, atomically."""
-  names = np.append(np.asarray(item_ids, dtype=object), "")  # index -1 (no item) -> ""
-  cells = names[items_UxN]
-  if scores_UxN is not None:
-    cells = np.where(items_UxN >= 0, cells + ":" + np.char.mod("%.9g", scores_UxN).astype(object), "")
-  full = bool((items_UxN >= 0).all())
-  try:
-    with fileio.atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
-      for user, row in zip(user_ids.tolist(), cells.tolist()):
-        f.write(f"{user}\t{','.join(row if full else [c for c in row if c])}\n")
-  except OSError as e:
-    raise errors.InputError(f"cannot write {path}: {e.strerror or embeddings.one_line(e)}")
-
-
 FLAGS = flags.FLAGS
 
 
@@ -295,6 +324,9 @@ def _define_flags():
   flags.DEFINE_integer("num_shards", 1, "Split the users into this many contiguous shards.")
   flags.DEFINE_integer("shard_index", 0, "Which shard this run handles, 0-based.")
   flags.DEFINE_integer("num_threads", None, "faiss OpenMP threads; default faiss's.")
+  flags.DEFINE_string("save_index", None, "Write the built index here (and PATH.json), for --load_index.")
+  flags.DEFINE_string("load_index", None, "Search an index --save_index wrote over the same items "
+                      "(e.g. one IVF build shared by the shards of a catalog) instead of building one.")
 
 
 def _check_flags():
@@ -310,6 +342,8 @@ def _check_flags():
   for name in ("embeddings", "output"):
     if not FLAGS[name].value:
       raise errors.InputError(f"--{name} is required")
+  if FLAGS.save_index and FLAGS.load_index:
+    raise errors.InputError("--save_index: choose it or --load_index, not both")
   out_dir = os.path.dirname(os.path.abspath(FLAGS.output))
   if not os.path.isdir(out_dir):
     raise errors.InputError(f"--output={FLAGS.output}: directory {out_dir} does not exist")
@@ -337,10 +371,22 @@ def main(argv):
     emb = emb.shard(FLAGS.num_shards, FLAGS.shard_index)
     config = IndexConfig(FLAGS.index, FLAGS.ivf_nlist, FLAGS.ivf_nprobe, FLAGS.hnsw_m,
                          FLAGS.hnsw_ef_search, FLAGS.hnsw_ef_construction)
+    index = config
+    if FLAGS.load_index or FLAGS.save_index:
+      fingerprint = item_fingerprint(emb.item_ids, emb.item_emb)
+      if FLAGS.load_index:
+        index = load_index(FLAGS.load_index, fingerprint)
+        if isinstance(index, faiss.IndexIVF):  # search breadth is this run's choice
+          index.nprobe = min(FLAGS.ivf_nprobe, index.nlist)
+        elif isinstance(index, faiss.IndexHNSW):
+          index.hnsw.efSearch = FLAGS.hnsw_ef_search
+      else:
+        index = build_index(emb.item_emb, config)
+        save_index(index, FLAGS.save_index, fingerprint)
     items_UxN, scores_UxN = recall_top_n(
         emb.user_emb, emb.item_emb, emb.visited_indptr, emb.visited_indices,
-        FLAGS.top_n, index=config, batch_size=FLAGS.batch_size)
-    write_recall(FLAGS.output, emb.user_ids, emb.item_ids, items_UxN,
+        FLAGS.top_n, index=index, batch_size=FLAGS.batch_size)
+    recall_lists.write_recall(FLAGS.output, emb.user_ids, emb.item_ids, items_UxN,
                  scores_UxN if FLAGS.with_scores else None)
 
 

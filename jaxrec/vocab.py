@@ -14,11 +14,21 @@ from jaxrec.errors import InputError
 from jaxrec.fileio import atomic_path
 
 
-def save_vocab(log: ClickLog, path: str, new_items: np.ndarray | None = None) -> None:
-  """Writes the raw ids; `new_items` [I] bool marks items a warm start added."""
+def save_vocab(log: ClickLog, path: str, new_items: np.ndarray | None = None,
+               item_counts: np.ndarray | None = None) -> None:
+  """Writes the raw ids; `new_items` [I] bool marks items a warm start added; `item_counts`
+  [I] are the training clicks per item (serving's most-popular fallback)."""
   extra = {} if new_items is None else {"new_items": new_items}
+  if item_counts is not None:
+    extra["item_counts"] = item_counts
   with atomic_path(path, suffix=".npz") as tmp:
     np.savez(tmp, user_ids=log.user_ids, item_ids=log.item_ids, **extra)
+
+
+def load_item_counts(path: str) -> np.ndarray | None:
+  """[I] training clicks per item, where the vocabulary records them."""
+  with np.load(path, allow_pickle=False) as npz:
+    return npz["item_counts"] if "item_counts" in npz.files else None
 
 
 def load_item_vocab(path: str) -> np.ndarray:

@@ -203,3 +203,11 @@ def test_select_metric_picks_the_best_checkpoint_and_drives_patience(tmp_path):
   assert len(later) == min(2, 6 - best["epoch"])  # patience 2: stops two validations after the best
   assert "--select_metric=hr@50: expected mrr, or hr@K or ndcg@K with K in --eval_ks=10,20" in refused(
       *TINY, f"--data_path={data}", f"--workdir={tmp_path}/x", "--select_metric=hr@50")
+
+
+def test_readme_flag_table_lists_every_flag():
+  from absl import flags
+  from jaxrec import main  # noqa: F401  (defines the flags)
+  readme = open(os.path.join(REPO, "README.md")).read()
+  table = {line.split("`")[1] for line in readme.splitlines() if line.startswith("| `--")}
+  assert {f"--{fl.name}" for fl in flags.FLAGS.flags_by_module_dict()["jaxrec.main"]} <= table

@@ -362,6 +362,27 @@ def test_cli_with_scores_and_shards(tmp_path, npz_file):
   assert shards == rows
 
 
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_cli_saved_index_gives_the_same_lists_and_refuses_other_items(tmp_path, npz_file, kind):
+  arrays = make_arrays(2, 60, 2000, 16, 10)
+  path = npz_file(arrays)
+  flags = [f"--embeddings={path}", "--top_n=5", f"--index={kind}", "--ivf_nlist=20", "--with_scores"]
+  assert _run_cli(tmp_path, *flags, "--output=built.tsv", "--save_index=items.faiss").returncode == 0
+  assert (tmp_path / "items.faiss").exists() and (tmp_path / "items.faiss.json").exists()
+  for shard in range(2):
+    result = _run_cli(tmp_path, *flags, f"--output=loaded{shard}.tsv", "--load_index=items.faiss",
+                      "--num_shards=2", f"--shard_index={shard}")
+    assert result.returncode == 0, result.stderr
+  loaded = _read_tsv(tmp_path / "loaded0.tsv") + _read_tsv(tmp_path / "loaded1.tsv")
+  assert loaded == _read_tsv(tmp_path / "built.tsv")
+  other = dict(arrays, item_emb=arrays["item_emb"] * np.float32(1.5))
+  result = _run_cli(tmp_path, f"--embeddings={npz_file(other, 'other.npz')}", "--top_n=5",
+                    "--output=x.tsv", "--load_index=items.faiss")
+  assert result.returncode == 2 and not (tmp_path / "x.tsv").exists()
+  assert result.stderr.strip() == ("jaxrec.recall: error: --load_index=items.faiss: built over other "
+                                   "item ids or vectors than --embeddings")
+
+
 def _without(arrays, name):
   return {k: v for k, v in arrays.items() if k != name}
 

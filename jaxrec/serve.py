@@ -1,0 +1,373 @@
+r"""Serve recall for fresh click sequences over HTTP: micro-batched, hot-reloaded.
+
+  python -m jaxrec.serve --workdir=runs/beauty --port=8000
+  curl -s localhost:8000/v1/recall -d '{"clicks": ["B0001", "B0042"], "top_n": 10}'
+
+At start-up the model of --workdir (--checkpoints, as for export) is restored, its item
+vectors indexed (--index as in jaxrec.recall) and the user tower compiled for every
+batch size of BATCH_SIZES and padded length, so no request waits for a compilation.
+Requests that arrive together are encoded in one call and searched in one faiss call
+(--max_wait_ms, --max_batch); the encoder runs on a worker thread, off the event loop.
+POST /admin/reload (loopback only) or SIGHUP loads the newest checkpoint beside the old
+model and swaps it in at once: a batch in flight finishes on the model it started with.
+SIGTERM stops accepting, answers what is in flight and exits 0.
+
+A served list is what export + jaxrec.recall give for a user with that history (the
+same encoder and the same search; the recall contract's tie rule applies).
+"""
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import functools
+import ipaddress
+import json
+import os
+import signal
+import socket
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from jaxrec import console
+from jaxrec import errors
+from jaxrec.errors import InputError
+
+PROG = "jaxrec.serve"
+BATCH_SIZES = (1, 8, 64)  # compiled encoder batch sizes; a batch runs at the smallest that holds it
+
+flags.DEFINE_string("workdir", "", "Trained workdir to serve.")
+flags.DEFINE_enum("checkpoints", "auto", ["auto", "latest", "best"],
+                  "Which checkpoints: the best on validation, the latest, or auto (best where validation ran).")
+flags.DEFINE_string("host", "127.0.0.1", "Address to bind (127.0.0.1: this machine only).")
+flags.DEFINE_integer("port", 8000, "Port to bind; 0 picks a free one (the ready line says which).", lower_bound=0)
+flags.DEFINE_enum("index", "flat", ["flat", "ivf", "hnsw"], "flat: exact; ivf, hnsw: approximate.")
+flags.DEFINE_integer("ivf_nprobe", 32, "IVF lists searched per user.", lower_bound=1)
+flags.DEFINE_integer("hnsw_ef_search", 256, "HNSW search breadth.", lower_bound=1)
+flags.DEFINE_bool("batching", True, "Micro-batch requests that arrive together; off: one request per call.")
+flags.DEFINE_float("max_wait_ms", 2.0, "How long the first request of a batch waits for others.", lower_bound=0)
+flags.DEFINE_integer("max_batch", BATCH_SIZES[-1], "Most users encoded in one call.", lower_bound=1,
+                     upper_bound=BATCH_SIZES[-1])
+flags.DEFINE_integer("max_top_n", 1000, "Largest top_n a request may ask for.", lower_bound=1)
+flags.DEFINE_integer("max_body_bytes", 1 << 20, "Largest request body; larger gets 413.", lower_bound=1)
+flags.DEFINE_integer("max_requests", 1024, "Most requests in one list body.", lower_bound=1)
+flags.DEFINE_bool("remote_admin", False, "Accept POST /admin/reload from other hosts than loopback.")
+FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+  """One parsed request: known clicks as item rows (0-based into the item vectors)."""
+  rows: tuple
+  top_n: int
+  exclude_clicked: bool
+  unknown_clicks: int
+
+
+class ServedModel:
+  """One loaded model: parameters, compiled user tower, item index, vocabulary."""
+
+  def __init__(self, workdir: str, which: str, index_kind: str, ivf_nprobe: int, hnsw_ef_search: int):
+    import jax
+    import numpy as np
+    from jaxrec import checkpoints, evaluate, input_pipeline, recall, vocab
+    from jaxrec.model import Seq2Seq
+    self.config, mgr, self.step = checkpoints.select(workdir, which)
+    self.checkpoint = os.path.join(mgr.directory, str(self.step))
+    vocab_path = os.path.join(workdir, "vocab.npz")
+    if not os.path.exists(vocab_path):
+      raise InputError(f"--workdir={workdir}: no vocab.npz, so the item rows have no ids")
+    item_ids = vocab.load_item_vocab(vocab_path)
+    if len(item_ids) != self.config.num_items:
+      raise InputError(f"{vocab_path}: {len(item_ids) - 1} items, but the model has {self.config.num_items - 1}")
+    self.item_ids = item_ids[1:]  # row r of the index is item r + 1 of the tables
+    self.row_of = {item: row for row, item in enumerate(self.item_ids.tolist())}
+    counts = vocab.load_item_counts(vocab_path)
+    counts = np.zeros(len(item_ids)) if counts is None else counts
+    self.popular = np.argsort(-counts[1:], kind="stable")  # most clicked first, ties by row
+    self.popular_counts = counts[1:][self.popular].astype(float)
+    params = evaluate.local_copy(checkpoints.restore_params(mgr, self.step))
+    self.item_emb = evaluate.item_table(params, self.config)[1:]
+    config = recall.IndexConfig(index_kind, None, ivf_nprobe, hnsw_ef_search=hnsw_ef_search)
+    self.index = recall.build_index(self.item_emb, config)
+    self.exact_index = None if index_kind == "flat" else functools.cache(
+        lambda: recall.build_index(self.item_emb, recall.IndexConfig()))
+    self.lengths = input_pipeline.padded_lengths(self.config.seq_length)
+    model = Seq2Seq(self.config)
+    fn = jax.jit(lambda p, ids: model.apply({"params": p}, ids, method=Seq2Seq.user_vectors))
+    self.params = params
+    self.encoders = {(b, l): fn.lower(params, jax.ShapeDtypeStruct((b, l), np.int32)).compile()
+                     for b in BATCH_SIZES for l in self.lengths}
+    self.loaded_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    self._search = recall.search
+
+  def info(self) -> dict:
+    return {"model_step": self.step, "items": len(self.item_ids), "dimensions": self.config.hidden_size,
+            "seq_length": self.config.seq_length, "checkpoint": self.checkpoint, "loaded_at": self.loaded_at,
+            "index": type(self.index).__name__}
+
+  def parse(self, request: dict, max_top_n: int) -> Query:
+    rows = [self.row_of.get(item) for item in request["clicks"]]
+    known = tuple(r for r in rows if r is not None)
+    top_n = request["top_n"]
+    if not 1 <= top_n <= min(max_top_n, len(self.item_ids)):
+      raise InputError(f"top_n={top_n}: must be in [1, {min(max_top_n, len(self.item_ids))}]")
+    return Query(known, top_n, request["exclude_clicked"], len(rows) - len(known))
+
+  def recall(self, queries: list) -> list:
+    """The answers to `queries`, in order: one encoder call and one search per BATCH_SIZES chunk."""
+    out = []
+    for start in range(0, len(queries), BATCH_SIZES[-1]):
+      out += self._recall_chunk(queries[start:start + BATCH_SIZES[-1]])
+    return out
+
+  def _recall_chunk(self, queries: list) -> list:
+    import numpy as np
+    answers = [None] * len(queries)
+    encoded = [i for i, q in enumerate(queries) if q.rows]
+    for i, q in enumerate(queries):
+      if not q.rows:
+        n = q.top_n
+        answers[i] = {"items": self.item_ids[self.popular[:n]].tolist(),
+                      "scores": self.popular_counts[:n].tolist(), "unknown_clicks": q.unknown_clicks,
+                      "model_step": self.step, "fallback": "popular"}
+    if not encoded:
+      return answers
+    seq_length = self.config.seq_length
+    longest = max(min(len(queries[i].rows), seq_length) for i in encoded)
+    length = next(l for l in self.lengths if l >= longest)
+    batch = next(b for b in BATCH_SIZES if b >= len(encoded))
+    ids_BxL = np.zeros((batch, length), np.int32)
+    for r, i in enumerate(encoded):
+      last = np.asarray(queries[i].rows[-seq_length:], np.int32) + 1  # table ids: row + 1
+      ids_BxL[r, length - min(len(last), length):] = last[-length:]
+    user_BxD = np.asarray(self.encoders[(batch, length)](self.params, ids_BxL))[:len(encoded)]
+    visits = [np.unique(queries[i].rows) if queries[i].exclude_clicked else np.zeros(0, np.int64)
+              for i in encoded]
+    indptr = np.concatenate([[0], np.cumsum([len(v) for v in visits])])
+    top_n = max(queries[i].top_n for i in encoded)
+    items_BxN, scores_BxN = self._search(self.index, user_BxD, indptr, np.concatenate(visits), top_n,
+                                         self.exact_index)
+    for r, i in enumerate(encoded):
+      n = queries[i].top_n
+      keep = items_BxN[r, :n] >= 0
+      answers[i] = {"items": self.item_ids[items_BxN[r, :n][keep]].tolist(),
+                    "scores": scores_BxN[r, :n][keep].astype(float).tolist(),
+                    "unknown_clicks": queries[i].unknown_clicks, "model_step": self.step}
+    return answers
+
+
+class Batcher:
+  """Collects the queries that arrive together into one model call on a worker thread."""
+
+  def __init__(self, server: "Server", max_batch: int, max_wait_s: float, enabled: bool):
+    self.server, self.max_batch, self.max_wait_s, self.enabled = server, max_batch, max_wait_s, enabled
+    self.queue = asyncio.Queue()
+    self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxrec-encoder")
+
+  async def submit(self, queries: list) -> list:
+    future = asyncio.get_running_loop().create_future()
+    await self.queue.put((queries, future))
+    return await future
+
+  async def run(self) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+      pending = [await self.queue.get()]
+      size = len(pending[0][0])
+      deadline = loop.time() + self.max_wait_s
+      while self.enabled and size < self.max_batch:
+        try:
+          pending.append(await asyncio.wait_for(self.queue.get(), max(deadline - loop.time(), 0)))
+        except asyncio.TimeoutError:
+          break
+        size += len(pending[-1][0])
+      model = self.server.model  # a reload swaps this reference; this batch keeps its model
+      queries = [q for qs, _ in pending for q in qs]
+      try:
+        answers = await loop.run_in_executor(self.executor, model.recall, queries)
+      except Exception as e:  # noqa: BLE001 (answered as a 500 to these requests only)
+        for _, future in pending:
+          future.set_exception(e)
+        continue
+      for qs, future in pending:
+        future.set_result(answers[:len(qs)])
+        answers = answers[len(qs):]
+
+
+class Server:
+  """The current model and how to replace it."""
+
+  def __init__(self, load):
+    self._load = load
+    self.model = load()
+    self._reload_lock = asyncio.Lock()
+
+  async def reload(self) -> dict:
+    async with self._reload_lock:
+      previous = self.model
+      self.model = await asyncio.to_thread(self._load)  # built beside the old one, then swapped
+      console.info("%s: reloaded: model step %d (was %d), %d items", PROG, self.model.step, previous.step,
+                   len(self.model.item_ids))
+      return {"model_step": self.model.step, "previous_step": previous.step}
+
+
+def request_schema():
+  from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+  class RecallRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    clicks: list[str] = Field(description="Item ids, oldest first; only the last seq_length known ones are read.")
+    top_n: int = 50
+    exclude_clicked: bool = True
+
+  return TypeAdapter(RecallRequest), TypeAdapter(RecallRequest | list[RecallRequest])
+
+
+def build_app(server: Server, batcher: Batcher, limits: dict):
+  from fastapi import FastAPI, Request
+  from fastapi.responses import JSONResponse
+  import pydantic
+
+  one, schema = request_schema()
+  app_ = FastAPI(title="jaxrec", description="Recall for fresh click sequences.")
+
+  def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)
+
+  @app_.exception_handler(Exception)
+  async def internal(request, exc):
+    console.info("%s: error answering %s: %s", PROG, request.url.path, " ".join(str(exc).split()))
+    return error(500, "internal error")
+
+  @app_.get("/healthz")
+  async def healthz():
+    return {"status": "ok", "model_step": server.model.step}
+
+  @app_.get("/v1/model")
+  async def model_info():
+    return server.model.info()
+
+  @app_.post("/v1/recall", openapi_extra={"requestBody": {"required": True, "content": {
+      "application/json": {"schema": schema.json_schema()}}}})
+  async def recall_endpoint(request: Request):
+    body = await request.body()
+    if len(body) > limits["max_body_bytes"]:
+      return error(413, f"body of {len(body)} bytes is over the limit of {limits['max_body_bytes']}")
+    try:
+      data = json.loads(body)
+    except ValueError as e:
+      return error(400, f"malformed JSON: {e}")
+    single = not isinstance(data, list)
+    items = [data] if single else data
+    if not items or len(items) > limits["max_requests"]:
+      return error(400, f"a list body holds 1 to {limits['max_requests']} requests, not {len(items)}")
+    requests = []
+    for i, item in enumerate(items):
+      try:
+        requests.append(one.validate_python(item))
+      except pydantic.ValidationError as e:
+        first = e.errors()[0]
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in ([] if single else [i]) + list(first["loc"]))
+        return error(400, f"{where.lstrip('.') or 'body'}: {first['msg']}")
+    model = server.model
+    try:
+      queries = [model.parse(r.model_dump(), limits["max_top_n"]) for r in requests]
+    except InputError as e:
+      return error(400, str(e))
+    answers = await batcher.submit(queries)
+    return answers[0] if single else answers
+
+  @app_.post("/admin/reload")
+  async def reload(request: Request):
+    host = request.client.host if request.client else ""
+    if not limits["remote_admin"] and not _is_loopback(host):
+      return error(403, "reload is accepted from loopback only (--remote_admin to allow others)")
+    try:
+      return await server.reload()
+    except InputError as e:
+      return error(409, f"reload failed, still serving step {server.model.step}: {e}")
+
+  return app_
+
+
+def _is_loopback(host: str) -> bool:
+  try:
+    return ipaddress.ip_address(host).is_loopback
+  except ValueError:
+    return False
+
+
+def _bind(host: str, port: int) -> socket.socket:
+  family = socket.AF_INET6 if ":" in host else socket.AF_INET
+  sock = socket.socket(family, socket.SOCK_STREAM)
+  sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+  try:
+    sock.bind((host, port))
+  except OSError as e:
+    sock.close()
+    raise InputError(f"--host={host} --port={port}: cannot bind: {e.strerror}") from None
+  sock.listen(2048)
+  return sock
+
+
+def main(argv) -> None:
+  import uvicorn
+  if len(argv) > 1:
+    raise InputError(f"unexpected arguments {' '.join(argv[1:])!r} (flags need --)")
+  if not FLAGS.workdir:
+    raise InputError("--workdir: required")
+  load = functools.partial(ServedModel, FLAGS.workdir, FLAGS.checkpoints, FLAGS.index, FLAGS.ivf_nprobe,
+                           FLAGS.hnsw_ef_search)
+  sock = _bind(FLAGS.host, FLAGS.port)
+  host, port = sock.getsockname()[:2]
+  holder = {}
+
+  @contextlib.asynccontextmanager
+  async def lifespan(app_):
+    loop = asyncio.get_running_loop()
+    async def reload_on_signal():
+      try:
+        await holder["server"].reload()
+      except Exception as e:  # noqa: BLE001 (the old model keeps serving)
+        console.info("%s: reload failed, still serving step %d: %s", PROG, holder["server"].model.step,
+                     " ".join(str(e).split()))
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload_on_signal()))
+    worker = loop.create_task(holder["batcher"].run())
+    model = holder["server"].model
+    print(f"{PROG}: ready on http://{host}:{port} (model step {model.step}, {len(model.item_ids)} items)",
+          file=sys.stderr, flush=True)
+    yield
+    worker.cancel()
+
+  async def serve():
+    holder["server"] = Server(load)
+    holder["batcher"] = Batcher(holder["server"], FLAGS.max_batch, FLAGS.max_wait_ms / 1000, FLAGS.batching)
+    limits = {k: FLAGS[k].value for k in ("max_top_n", "max_body_bytes", "max_requests", "remote_admin")}
+    app_ = build_app(holder["server"], holder["batcher"], limits)
+    app_.router.lifespan_context = lifespan
+    config = uvicorn.Config(app_, log_level="warning", access_log=False, timeout_graceful_shutdown=30)
+    await uvicorn.Server(config).serve(sockets=[sock])
+
+  # uvicorn drains on SIGTERM, then re-raises it to the handler it found: a no-op here, so a
+  # drained server exits 0.
+  signal.signal(signal.SIGTERM, lambda signum, frame: None)
+  asyncio.run(serve())
+  console.info("%s: stopped", PROG)
+
+
+def run() -> None:
+  def guarded(argv):
+    if not FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)
+    with errors.exit_on_input_error(PROG):
+      main(argv)
+  app.run(guarded, flags_parser=errors.flags_parser(PROG))
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,229 @@
+"""The real server on a free loopback port, talked to with a real HTTP client: lists identical
+to export + jaxrec.recall, bad input, the popular fallback, reload under load, SIGTERM."""
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+
+from jaxrec import click_log
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ("--hidden_size=16 --num_hidden_layers=1 --seq_length=10 --batch_size=32 --num_epochs=2 "
+        "--eval_ks=10,20").split()
+LOG = click_log.synthetic_click_log(400, 150, seed=2)
+N_ITEMS = len(np.unique(LOG.items))  # the items the log file holds: the model's catalog
+READY = re.compile(r"^jaxrec\.serve: ready on (http://127\.0\.0\.1:\d+) \(model step (\d+), (\d+) items\)$")
+
+
+def env():
+  return dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def run(module, *args):
+  result = subprocess.run([sys.executable, "-m", module, *args], env=env(), capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr
+  return result
+
+
+class Served:
+  """A `python -m jaxrec.serve` process; `url` once its ready line is printed."""
+
+  def __init__(self, *args):
+    self.proc = subprocess.Popen([sys.executable, "-m", "jaxrec.serve", "--port=0", *args], env=env(),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    self.lines = []
+    while True:
+      line = self.proc.stderr.readline()
+      assert line, "server exited before it was ready:\n" + "".join(self.lines)
+      self.lines.append(line)
+      match = READY.match(line.strip())
+      if match:
+        self.url, self.step = match.group(1), int(match.group(2))
+        return
+
+  def stop(self, sig=signal.SIGTERM) -> tuple:
+    self.proc.send_signal(sig)
+    out, err = self.proc.communicate(timeout=60)
+    return self.proc.returncode, "".join(self.lines) + err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  root = tmp_path_factory.mktemp("served")
+  path = root / "clicks.txt"
+  with open(path, "w") as f:
+    for u in range(LOG.num_users):
+      f.write(" ".join([LOG.user_ids[u], *LOG.item_ids[LOG.items[LOG.indptr[u]:LOG.indptr[u + 1]]]]) + "\n")
+  workdir = str(root / "workdir")
+  run("jaxrec.main", *TINY, f"--data_path={path}", f"--workdir={workdir}")
+  run("jaxrec.main", *TINY, f"--data_path={path}", f"--workdir={workdir}", "--mode=export")
+  tsv = str(root / "recall.tsv")
+  run("jaxrec.recall", f"--embeddings={workdir}/embeddings.npz", "--top_n=20", f"--output={tsv}")
+  return str(path), workdir, tsv
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+  served = Served(f"--workdir={trained[1]}")
+  yield served
+  served.stop()
+
+
+def histories(path) -> dict:
+  out = {}
+  for line in open(path):
+    user, *items = line.split()
+    out[user] = items
+  return out
+
+
+def test_served_lists_equal_export_plus_recall(trained, server):
+  data, workdir, tsv = trained
+  offline = dict(line.rstrip("\n").split("\t") for line in open(tsv))
+  users = sorted(histories(data).items())
+  served = []
+  with httpx.Client(base_url=server.url, timeout=60) as client:
+    for start in range(0, len(users), 50):  # list bodies, and with them several micro-batches
+      body = [{"clicks": items, "top_n": 20} for _, items in users[start:start + 50]]
+      response = client.post("/v1/recall", json=body)
+      assert response.status_code == 200, response.text
+      served += response.json()
+    single = client.post("/v1/recall", json={"clicks": users[0][1], "top_n": 20}).json()
+  assert single == served[0]
+  npz = np.load(os.path.join(workdir, "embeddings.npz"))
+  assert all(a["model_step"] == int(npz["step"]) and a["unknown_clicks"] == 0 for a in served)
+  same = sum(a["items"] == offline[user].split(",") for (user, _), a in zip(users, served))
+  # Equal lists; a near-tie inside float32 rounding may come in either order (the recall contract).
+  row = {u: r for r, u in enumerate(npz["user_ids"])}
+  item_row = {i: r for r, i in enumerate(npz["item_ids"])}
+  for (user, _), answer in zip(users, served):
+    want = offline[user].split(",")
+    if answer["items"] != want:
+      u = npz["user_emb"][row[user]].astype(np.float64)
+      scores = npz["item_emb"].astype(np.float64) @ u
+      tol = (u.size + 2) * 2.0 ** -23 * np.abs(npz["item_emb"] * u).sum(axis=1).max()
+      assert sorted(answer["items"]) == sorted(want) or abs(
+          scores[item_row[answer["items"][-1]]] - scores[item_row[want[-1]]]) <= tol
+      np.testing.assert_allclose(scores[[item_row[i] for i in answer["items"]]],
+                                 scores[[item_row[i] for i in want]], atol=tol)
+  assert same >= 0.99 * len(users)
+
+
+def test_unknown_clicks_are_counted_and_no_known_click_gets_the_popular_items(trained, server):
+  data, workdir, _ = trained
+  with httpx.Client(base_url=server.url, timeout=60) as client:
+    user, items = next(iter(histories(data).items()))
+    with_unknown = client.post("/v1/recall", json={"clicks": ["nope", *items, "nada"], "top_n": 20}).json()
+    plain = client.post("/v1/recall", json={"clicks": items, "top_n": 20}).json()
+    assert with_unknown["unknown_clicks"] == 2 and with_unknown["items"] == plain["items"]
+    cold = client.post("/v1/recall", json={"clicks": ["nope"], "top_n": 5}).json()
+  # Most clicked items of the training clicks (each user's last two are held out), naively.
+  counts = {}
+  for items in histories(data).values():
+    for item in items[:-2] if len(items) >= 3 else items:
+      counts[item] = counts.get(item, 0) + 1
+  top = sorted(counts.values(), reverse=True)[:5]
+  assert cold["fallback"] == "popular" and cold["unknown_clicks"] == 1
+  assert [counts[i] for i in cold["items"]] == top and cold["scores"] == [float(c) for c in top]
+
+
+def test_clicks_that_are_not_recalled_unless_asked(trained, server):
+  data, _, _ = trained
+  _, items = next(iter(histories(data).items()))
+  with httpx.Client(base_url=server.url, timeout=60) as client:
+    excluded = client.post("/v1/recall", json={"clicks": items, "top_n": N_ITEMS - len(set(items))}).json()
+    included = client.post("/v1/recall", json={"clicks": items, "top_n": N_ITEMS, "exclude_clicked": False}).json()
+  assert not set(excluded["items"]) & set(items) and len(excluded["items"]) == N_ITEMS - len(set(items))
+  assert set(included["items"]) == set(LOG.item_ids[np.unique(LOG.items)])
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (b"{oops", 400, "malformed JSON"),
+    (b'{"clicks": "i1"}', 400, "clicks: Input should be a valid list"),
+    (b'{"clicks": [1, 2]}', 400, "clicks[0]: Input should be a valid string"),
+    (b'[{"clicks": ["i1"]}, {"clicks": ["i1"], "top_n": "5"}]', 400, "[1].top_n: Input should be a valid integer"),
+    (b'{"clicks": ["i1"], "top_n": 0}', 400, f"top_n=0: must be in [1, {N_ITEMS}]"),
+    (f'{{"clicks": ["i1"], "top_n": {N_ITEMS + 1}}}'.encode(), 400, f"top_n={N_ITEMS + 1}: must be in [1, {N_ITEMS}]"),
+    (b'{"clicks": ["i1"], "colour": "red"}', 400, "colour: Extra inputs are not permitted"),
+    (b"[]", 400, "a list body holds 1 to 1024 requests, not 0"),
+    (json.dumps({"clicks": ["i1"] * 300_000}).encode(), 413, "over the limit of 1048576"),
+])
+def test_bad_input_gets_a_4xx_with_a_one_line_json_error(server, body, status, message):
+  with httpx.Client(base_url=server.url, timeout=60) as client:
+    response = client.post("/v1/recall", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    assert "\n" not in response.text and message in response.json()["error"]
+    assert client.get("/healthz").json()["status"] == "ok"  # still serving
+
+
+def test_model_info_and_docs(server):
+  with httpx.Client(base_url=server.url, timeout=60) as client:
+    info = client.get("/v1/model").json()
+    assert info["model_step"] == server.step and info["items"] == N_ITEMS and info["dimensions"] == 16
+    assert client.get("/docs").status_code == 200
+    assert "/v1/recall" in client.get("/openapi.json").json()["paths"]
+
+
+async def _load(url: str, seconds: float, clicks: list, clients: int = 8) -> list:
+  """Responses of `clients` concurrent request loops for `seconds` (bounded: loopback only)."""
+  results = []
+  async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+    async def loop(k):
+      deadline = asyncio.get_running_loop().time() + seconds
+      while asyncio.get_running_loop().time() < deadline and len(results) < 5000:
+        try:
+          response = await client.post("/v1/recall", json={"clicks": clicks[k % len(clicks)], "top_n": 10})
+        except httpx.TransportError:  # the server closed its listener (SIGTERM)
+          results.append((None, None))
+          return
+        results.append((response.status_code, response.json().get("model_step")))
+    await asyncio.gather(*(loop(k) for k in range(clients)))
+  return results
+
+
+def test_reload_under_load_drops_nothing_and_sigterm_drains(trained, tmp_path):
+  data, src, _ = trained
+  workdir = str(tmp_path / "workdir")
+  shutil.copytree(src, workdir)
+  served = Served(f"--workdir={workdir}", "--checkpoints=latest")
+  clicks = list(histories(data).values())[:20]
+  run("jaxrec.main", *TINY, f"--data_path={data}", f"--workdir={workdir}", "--num_epochs=3",
+      "--allow_changed_flags=num_epochs")
+
+  async def load_and_reload():
+    load = asyncio.create_task(_load(served.url, 8.0, clicks))
+    await asyncio.sleep(0.5)
+    async with httpx.AsyncClient(base_url=served.url, timeout=120) as client:
+      reload = await client.post("/admin/reload")
+    return reload, await load
+
+  reload, results = asyncio.run(load_and_reload())
+  assert reload.status_code == 200, reload.text
+  new_step = reload.json()["model_step"]
+  assert reload.json()["previous_step"] == served.step < new_step
+  assert results and all(status == 200 for status, _ in results)
+  assert {step for _, step in results} <= {served.step, new_step} and results[-1][1] == new_step
+
+  async def load_then_term():
+    load = asyncio.create_task(_load(served.url, 3.0, clicks))
+    await asyncio.sleep(0.5)
+    served.proc.send_signal(signal.SIGTERM)
+    return await load
+
+  results = asyncio.run(load_then_term())
+  assert any(status == 200 for status, _ in results)
+  assert all(status in (200, None) for status, _ in results)  # answered, or refused after closing
+  code = served.proc.wait(timeout=60)
+  stderr = "".join(served.lines) + served.proc.stderr.read()
+  assert code == 0, stderr
+  assert "Traceback" not in stderr

@@ -153,8 +153,7 @@ def _trainer(job, log, workdir):
 
 
 def _close(trainer):
-  trainer.latest.close()
-  trainer.best.close()
+  trainer.close()
 
 
 def _step_flops(trainer, state, batch) -> float:

@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxrec.errors import InputError
 
-FORMATS = ("auto", "note", "sequences", "pairs", "csv", "synthetic")
+FORMATS = ("auto", "note", "sequences", "pairs", "csv", "parquet", "synthetic")
 PAD = 0
 _NOTE_LINE = re.compile(rb"^\s*([^\s:\[\],]+)\s*:\s*\[([^\[\]:]*)\]\s*$")
 
@@ -56,12 +56,18 @@ def gather_ranges(starts: np.ndarray, lengths: np.ndarray):
 def read_click_log(path: str, data_format: str = "auto", user_col: str = "user",
                    item_col: str = "item", time_col: str = "") -> ClickLog:
   """Reads a click log in one of FORMATS (not synthetic) into a ClickLog."""
+  from jaxrec import arrow_log
+  if data_format == "parquet" or (data_format == "auto" and _looks_parquet(path)):
+    return _group_dense(*arrow_log.read_parquet(path, user_col, item_col, time_col))
   raw = _read_bytes(path)
   if data_format == "auto":
     data_format = detect_format(path, raw)
   if data_format == "csv":
-    users, items, times = _parse_csv(path, raw, user_col, item_col, time_col)
-    return _group_pairs(users, items, times)
+    _check_text(path, raw)
+    try:
+      return _group_dense(*arrow_log.read_csv(path, raw, user_col, item_col, time_col))
+    except arrow_log.Unreadable:  # the line reader skips what Arrow will not, or names the line
+      return _group_pairs(*_parse_csv(path, raw, user_col, item_col, time_col))
   _check_text(path, raw)
   if data_format == "note":
     return _parse_note(path, raw)
@@ -82,9 +88,21 @@ def _read_bytes(path: str) -> bytes:
       raw = f.read()
   except OSError as e:
     raise InputError(f"{path}: cannot read: {e.strerror}") from None
+  if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (Excel's "CSV UTF-8") is no id
+    raw = raw[3:]
   if not raw.strip():
     raise InputError(f"{path}: file is empty")
   return raw
+
+
+def _looks_parquet(path: str) -> bool:
+  if os.path.isdir(path):
+    return any(name.endswith(".parquet") for name in os.listdir(path))
+  try:
+    with open(path, "rb") as f:
+      return f.read(4) == b"PAR1"
+  except OSError:
+    return False
 
 
 def _line_of(raw: bytes, offset: int) -> int:
@@ -278,7 +296,14 @@ def _parse_csv(path: str, raw: bytes, user_col: str, item_col: str, time_col: st
 def _group_pairs(user_tokens, item_tokens, times) -> ClickLog:
   """One click per row -> users' sequences, sorted by time (stable: file order on ties)."""
   user_ids, users = _dense_ids(user_tokens, first=0)
-  item_ids, items = _item_vocab(item_tokens)
+  item_ids, items = _dense_ids(item_tokens, first=0)
+  return _group_dense(user_ids, users, item_ids, items, times)
+
+
+def _group_dense(user_ids, users, item_ids, items, times) -> ClickLog:
+  """_group_pairs of clicks already as dense ids (0-based; items get padding row 0 here)."""
+  item_ids = np.concatenate([np.array([""], dtype=item_ids.dtype), item_ids])
+  items = (items + 1).astype(np.int32)
   order = np.arange(len(users)) if times is None else np.argsort(times, kind="stable")
   order = order[np.argsort(users[order], kind="stable")]  # by user, then time, then file order
   counts = np.bincount(users, minlength=len(user_ids))

@@ -1,10 +1,25 @@
-"""User-facing errors: one line on stderr, no traceback; exit 2 for bad input, 1 for failed training."""
+"""User-facing errors: one line on stderr, no traceback.
+
+Exit statuses: 2 bad input (flags, files, data); 1 training cannot go on (a non-finite
+loss); 74 (EX_IOERR) the machine failed a write (disk full, permission denied,
+read-only file system, a removed directory): nothing half-written is left, and once
+the cause is cleared the same command resumes.
+"""
 
 import contextlib
+import errno
 import signal
 import sys
 
 EXIT_USAGE = 2
+EXIT_WRITE = 74
+
+_CAUSES = ((errno.ENOSPC, "No space left on device", "no space left on device"),
+           (errno.EDQUOT, "Disk quota exceeded", "disk quota exceeded"),
+           (errno.EROFS, "Read-only file system", "read-only file system"),
+           (errno.EACCES, "Permission denied", "permission denied"),
+           (errno.EPERM, "Operation not permitted", "permission denied"),
+           (errno.ENOENT, "No such file or directory", "its directory was removed"))
 
 
 class InputError(Exception):
@@ -15,9 +30,46 @@ class TrainingError(Exception):
   """Training cannot go on (e.g. a non-finite loss); the message says where and why."""
 
 
+class WriteError(Exception):
+  """A write failed for a reason of the machine; the message names the path, the cause and
+  what is intact."""
+
+
+def cause(e: BaseException) -> str:
+  """The machine's reason behind `e` (or the exceptions it was raised from), in words."""
+  seen, chain = set(), [e]
+  while chain:
+    x = chain.pop(0)
+    if x is None or id(x) in seen:
+      continue
+    seen.add(id(x))
+    for code, text, words in _CAUSES:
+      if (isinstance(x, OSError) and x.errno == code) or text in str(x):
+        return words
+    if "RESOURCE_EXHAUSTED" in str(x):  # tensorstore's words (Orbax) for a full disk
+      return "no space left on device"
+    if str(x).startswith("NOT_FOUND") or "directory does not exist" in str(x):
+      return "its directory was removed"
+    if str(x).startswith("PERMISSION_DENIED"):
+      return "permission denied"
+    chain += [x.__cause__, x.__context__, *getattr(x, "exceptions", ())]
+  text = " ".join(str(e).split()) or type(e).__name__
+  return text if len(text) <= 200 else text[:200] + "..."
+
+
+@contextlib.contextmanager
+def writing(what: str, intact: str = ""):
+  """Turns an OSError inside into a WriteError: `<cause> writing <what>[; <intact>]`."""
+  try:
+    yield
+  except OSError as e:
+    raise WriteError(f"{cause(e)} writing {what}" + (f"; {intact}" if intact else "")) from None
+
+
 @contextlib.contextmanager
 def exit_on_input_error(prog: str):
-  """Turns InputError into `prog: error: ...` and exit 2, TrainingError into exit 1, Ctrl-C into 130."""
+  """Turns InputError into `prog: error: ...` and exit 2, TrainingError into exit 1, a failed
+  write into exit 74, Ctrl-C into 130."""
   try:
     yield
   except InputError as e:
@@ -26,6 +78,13 @@ def exit_on_input_error(prog: str):
   except TrainingError as e:
     print(f"{prog}: error: {e}", file=sys.stderr)
     sys.exit(1)
+  except WriteError as e:
+    print(f"{prog}: error: {e}", file=sys.stderr)
+    sys.exit(EXIT_WRITE)
+  except OSError as e:  # a file operation no module named: still one line, the path and the cause
+    where = f": {e.filename}" if e.filename else ""
+    print(f"{prog}: error: {e.strerror or cause(e)}{where}", file=sys.stderr)
+    sys.exit(EXIT_WRITE)
   except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves first, see train.py)
     print(f"{prog}: interrupted", file=sys.stderr)
     sys.exit(128 + signal.SIGINT)

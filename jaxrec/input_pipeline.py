@@ -10,6 +10,7 @@ Shape key: U users, R rows, B batch rows, L padded length, S short length, C row
 the long group (or real slots of a device's rows, for `slots`), G device groups.
 """
 
+import contextlib
 import dataclasses
 from typing import Iterator
 
@@ -233,6 +234,47 @@ class BatchPlan:
     """The (host batch, real rows) of steps start, start + 1, ... of `epoch`."""
     for index in range(start, self.steps_per_epoch):
       yield self.batch(epoch, index)
+
+
+def prefetch(batches: Iterator, depth: int = 2) -> Iterator:
+  """`batches`, each built on a background thread up to `depth` ahead of the consumer (the
+  host assembles the next batch while the device runs the step). The same items in the
+  same order; an exception in the builder is raised where its item would have come."""
+  if depth <= 0:
+    yield from batches
+    return
+  import queue
+  import threading
+  done = object()
+  ready = queue.Queue(maxsize=depth)
+  stop = threading.Event()
+
+  def build():
+    try:
+      for item in batches:
+        if stop.is_set():
+          return
+        ready.put(item)
+      ready.put(done)
+    except BaseException as e:  # noqa: BLE001 (re-raised in the consumer)
+      ready.put(e)
+
+  thread = threading.Thread(target=build, name="jaxrec-prefetch", daemon=True)
+  thread.start()
+  try:
+    while True:
+      item = ready.get()
+      if item is done:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+    while thread.is_alive():  # unblock a builder waiting on a full queue
+      with contextlib.suppress(queue.Empty):
+        ready.get_nowait()
+      thread.join(timeout=0.01)
 
 
 def clicks_before(log: ClickLog, users: np.ndarray, ends: np.ndarray):

@@ -11,6 +11,7 @@ the library. Bad flags or input exit with status 2 and one line on stderr.
 import json
 import os
 import sys
+import time
 
 from absl import app
 from absl import flags
@@ -19,6 +20,7 @@ import numpy as np
 
 from jaxrec import console
 from jaxrec import click_log
+from jaxrec import errors
 from jaxrec import vocab
 from jaxrec.errors import InputError, exit_on_input_error, flags_parser
 
@@ -84,6 +86,8 @@ flags.DEFINE_list("bucket_lengths", [],
                   "Shorter padded lengths, e.g. 8,16,32: users are batched with others of similar "
                   "length and run at the shortest that holds them (exact, much faster on short logs).")
 flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling, negatives and dropout.")
+flags.DEFINE_integer("prefetch", 2, "Batches the host builds ahead of the device on a background thread (the "
+                     "same batches in the same order); 0: build each when its step starts.", lower_bound=0)
 flags.DEFINE_string("init_from", "", "Warm start: begin a new --workdir from the model in this workdir (its "
                     "items keep their rows, new items of this log are appended; a fresh optimizer).")
 flags.DEFINE_enum("init_checkpoints", "best", ["best", "latest"], "--init_from: which checkpoint to start from.")
@@ -119,9 +123,9 @@ flags.DEFINE_string("output", "", "--mode=export: output path (default <workdir>
 flags.DEFINE_string("workdir", "", "Directory of checkpoints, vocabularies, metrics and TensorBoard logs.")
 flags.DEFINE_list("allow_changed_flags", [], "Training flags a rerun may change from the run it resumes "
                   "(e.g. num_epochs,learning_rate); any other change is refused.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "export", "export_model"],
+flags.DEFINE_enum("mode", "train", ["train", "eval", "export", "export_model", "inspect"],
                   "What to do; export_model: the portable artifact (model_export.py) in --output or "
-                  "<workdir>/model.")
+                  "<workdir>/model; inspect: the log's statistics, load time and memory (no --workdir).")
 flags.DEFINE_bool("onnx", False, "--mode=export_model: also write user_tower.onnx (needs the `onnx` extra: "
                   "pip install -e '.[onnx]').")
 flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for multi-process runs.")
@@ -159,7 +163,8 @@ for _name in ("dropout_rate", "attention_dropout_rate", "label_smoothing"):
 _rule(["hidden_size", "num_attention_heads"], lambda v: v["hidden_size"] % v["num_attention_heads"] == 0,
       lambda v: f"--hidden_size={v['hidden_size']} is not divisible by "
                 f"--num_attention_heads={v['num_attention_heads']}")
-_rule(["workdir"], lambda v: bool(v["workdir"]), lambda v: "--workdir: required")
+_rule(["workdir", "mode"], lambda v: bool(v["workdir"]) or v["mode"] == "inspect",
+      lambda v: "--workdir: required")
 _rule(["data_format", "data_path", "mode"],
       lambda v: v["data_format"] == "synthetic" or v["mode"] == "export_model" or bool(v["data_path"]),
       lambda v: "--data_path: required unless --data_format=synthetic")
@@ -254,7 +259,7 @@ def train_config(num_items: int):
                      eval_every_epochs=FLAGS.eval_every_epochs,
                      eval_ks=tuple(int(k) for k in FLAGS.eval_ks),
                      eval_batch_size=FLAGS.eval_batch_size, patience=FLAGS.patience,
-                     select_metric=FLAGS.select_metric,
+                     select_metric=FLAGS.select_metric, prefetch=FLAGS.prefetch,
                      bucket_lengths=bucket_lengths(),
                      sparse_embedding_updates=FLAGS.sparse_embedding_updates,
                      short_length=FLAGS.short_length,
@@ -347,10 +352,11 @@ def run_train(log: click_log.ClickLog) -> None:
   checkpoints.check_same_model(FLAGS.workdir, config.model)
   checkpoints.check_train_flags(FLAGS.workdir, train_flags, set(FLAGS.allow_changed_flags))
   prepare_workdir(FLAGS.workdir)
-  checkpoints.write_model_config(FLAGS.workdir, config.model)
-  checkpoints.write_train_flags(FLAGS.workdir, train_flags)
-  if not resuming:
-    vocab.save_vocab(log, vocab_path, new_items, split.item_counts())
+  with errors.writing(f"the run's configuration under {FLAGS.workdir}", "rerun once the cause is cleared"):
+    checkpoints.write_model_config(FLAGS.workdir, config.model)
+    checkpoints.write_train_flags(FLAGS.workdir, train_flags)
+    if not resuming:
+      vocab.save_vocab(log, vocab_path, new_items, split.item_counts())
   run_info = {"flags": train_flags, "data": data_fingerprint(log), "versions": versions(),
               "vocab_fingerprint": vocab.vocab_fingerprint(log.item_ids)}
   try:
@@ -393,7 +399,8 @@ def run_eval(log: click_log.ClickLog) -> None:
   split = make_split(in_model_ids(log, config))
   params = checkpoints.restore_params(mgr, step)
   ks = tuple(int(k) for k in FLAGS.eval_ks)
-  with open(os.path.join(FLAGS.workdir, "metrics.jsonl"), "a") as f:
+  path = os.path.join(FLAGS.workdir, "metrics.jsonl")
+  with errors.writing(path, "the evaluation printed above is complete"), open(path, "a") as f:
     for which in ("valid", "test"):
       row = {"split": which, "step": step, "mode": "eval",
              **evaluate.evaluate(params, config, split, which, ks, FLAGS.eval_batch_size)}
@@ -416,8 +423,9 @@ def run_export(log: click_log.ClickLog) -> None:
   params = checkpoints.restore_params(mgr, step)
   metadata = {"step": step, "model_config": json.dumps(dataclasses.asdict(config), sort_keys=True),
               "vocab_fingerprint": vocab.vocab_fingerprint(log.item_ids)}
-  arrays = export.export_embeddings(params, config, log, path, FLAGS.export_until, FLAGS.eval_batch_size,
-                                    metadata)
+  with errors.writing(path, "nothing was written there"):
+    arrays = export.export_embeddings(params, config, log, path, FLAGS.export_until, FLAGS.eval_batch_size,
+                                      metadata)
   console.info("wrote %s: %d users, %d items, checkpoint step %d", path, len(arrays["user_ids"]),
                len(arrays["item_ids"]), step)
 
@@ -440,11 +448,30 @@ def run_export_model(log: click_log.ClickLog) -> None:
       raise InputError("--onnx: needs the onnx extra (pip install -e '.[onnx]')") from None
   params = evaluate.local_copy(checkpoints.restore_params(mgr, step))
   metadata = {"step": step, "vocab_fingerprint": vocab.vocab_fingerprint(item_ids)}
-  paths = model_export.write_artifact(directory, params, config, item_ids[1:],
-                                      evaluate.item_table(params, config)[1:],
-                                      None if counts is None else counts[1:], metadata, FLAGS.onnx)
+  with errors.writing(f"the model artifact under {directory}", "files written before it are whole"):
+    paths = model_export.write_artifact(directory, params, config, item_ids[1:],
+                                        evaluate.item_table(params, config)[1:],
+                                        None if counts is None else counts[1:], metadata, FLAGS.onnx)
   console.info("wrote %s: %s (checkpoint step %d)", directory, ", ".join(os.path.basename(p) for p in paths),
                step)
+
+
+def run_inspect(log: click_log.ClickLog, load_s: float) -> None:
+  """What a user runs first on a new log: its shape, and what --seq_length would pad."""
+  import resource
+  lengths = log.lengths()
+  counts = np.bincount(log.items, minlength=log.num_items)[1:]
+  top = np.argsort(-counts, kind="stable")[:10]
+  used = np.minimum(lengths, FLAGS.seq_length)
+  pct = np.percentile(lengths, [50, 90, 99]) if len(lengths) else [0, 0, 0]
+  print(f"{source()}: {log.num_users:,} users, {log.num_items - 1:,} items, {len(log.items):,} clicks"
+        f"{', with timestamps' if log.times is not None else ''}")
+  print(f"clicks per user: mean {lengths.mean():.1f}, median {pct[0]:.0f}, p90 {pct[1]:.0f}, p99 {pct[2]:.0f}, "
+        f"max {lengths.max()}")
+  print(f"--seq_length={FLAGS.seq_length}: {1 - used.sum() / (len(used) * FLAGS.seq_length):.1%} of the slots "
+        f"are padding; {np.mean(lengths > FLAGS.seq_length):.1%} of users have more clicks than it reads")
+  print("most clicked: " + ", ".join(f"{log.item_ids[i + 1]} ({counts[i]:,})" for i in top))
+  print(f"loaded in {load_s:.2f} s, peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
 
 
 def main(argv) -> None:
@@ -455,7 +482,10 @@ def main(argv) -> None:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if FLAGS.mode == "export_model":
     return run_export_model(None)
+  start = time.perf_counter()
   log = load_click_log()
+  if FLAGS.mode == "inspect":
+    return run_inspect(log, time.perf_counter() - start)
   {"train": run_train, "eval": run_eval, "export": run_export}[FLAGS.mode](log)
 
 

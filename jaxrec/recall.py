@@ -50,6 +50,7 @@ from jaxrec import fileio
 from jaxrec import recall_lists
 
 PROG = "jaxrec.recall"
+CHUNK_USERS = 262_144  # users recalled and written at a time by the CLI
 ARRAYS = embeddings.ARRAYS
 Embeddings = embeddings.Embeddings
 load_embeddings = embeddings.load_embeddings
@@ -103,7 +104,7 @@ def save_index(index: faiss.Index, path: str, fingerprint: str) -> None:
       json.dump({"fingerprint": fingerprint, "vectors": index.ntotal, "dim": index.d,
                  "index": type(index).__name__}, f)
   except (OSError, RuntimeError) as e:
-    raise errors.InputError(f"--save_index={path}: cannot write: {embeddings.one_line(e)}") from None
+    raise errors.WriteError(f"{errors.cause(e)} writing the index {path}; nothing was written there") from None
 
 
 def load_index(path: str, fingerprint: str) -> faiss.Index:
@@ -310,7 +311,8 @@ def _define_flags():
   """Defined only when this module is the program, so importing it adds no flags."""
   flags.DEFINE_string("embeddings", None, "Exported .npz with user/item vectors and visits.")
   flags.DEFINE_integer("top_n", 50, "Items per user.")
-  flags.DEFINE_string("output", None, "TSV to write: user<TAB>item1,item2,...")
+  flags.DEFINE_string("output", None, "TSV to write: user<TAB>item1,item2,...; a .parquet path writes "
+                      "columns user, items (and scores with --with_scores).")
   flags.DEFINE_enum("index", "flat", ["flat", "ivf", "hnsw"],
                     "flat: exact IndexFlatIP; ivf, hnsw: approximate.")
   flags.DEFINE_integer("ivf_nlist", None, "IVF lists; default about 4*sqrt(items).")
@@ -383,12 +385,18 @@ def main(argv):
       else:
         index = build_index(emb.item_emb, config)
         save_index(index, FLAGS.save_index, fingerprint)
-    items_UxN, scores_UxN = recall_top_n(
-        emb.user_emb, emb.item_emb, emb.visited_indptr, emb.visited_indices,
-        FLAGS.top_n, index=index, batch_size=FLAGS.batch_size)
-    recall_lists.write_recall(FLAGS.output, emb.user_ids, emb.item_ids, items_UxN,
-                 scores_UxN if FLAGS.with_scores else None)
-
+    if not isinstance(index, faiss.Index):
+      index = build_index(emb.item_emb, index)
+    # Users in chunks, each written as it is recalled: memory stays flat in the user count.
+    with recall_lists.ListWriter(FLAGS.output, emb.item_ids, FLAGS.with_scores) as writer:
+      for lo in range(0, max(len(emb.user_ids), 1), CHUNK_USERS):
+        hi = min(lo + CHUNK_USERS, len(emb.user_ids))
+        indptr = emb.visited_indptr[lo:hi + 1]
+        items_UxN, scores_UxN = recall_top_n(
+            emb.user_emb[lo:hi], emb.item_emb, indptr - indptr[0],
+            emb.visited_indices[indptr[0]:indptr[-1]], FLAGS.top_n, index=index,
+            batch_size=FLAGS.batch_size)
+        writer.write(emb.user_ids[lo:hi], items_UxN, scores_UxN)
 
 if __name__ == "__main__":
   _define_flags()

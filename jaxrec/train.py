@@ -15,7 +15,6 @@ import math
 import os
 import signal
 import time
-import uuid
 
 import jax
 import jax.numpy as jnp
@@ -26,13 +25,15 @@ from jaxrec import checkpoints
 from jaxrec import console
 from jaxrec import evaluate
 from jaxrec import input_pipeline
+from jaxrec import saves
 from jaxrec import step as step_lib
 from jaxrec import warm_start
 from jaxrec.click_log import Split
-from jaxrec.errors import TrainingError
+from jaxrec.errors import TrainingError, WriteError, cause
 from jaxrec.fileio import atomic_open
 from jaxrec.input_pipeline import Batch
 from jaxrec.model import ModelConfig, Seq2Seq
+from jaxrec.run_log import EvalProgress, MetricsLog
 from jaxrec.step import LossConfig, TrainState
 
 
@@ -54,6 +55,7 @@ class TrainConfig:
   log_every_steps: int = 50
   eval_every_epochs: int = 1  # 0: no validation (nor without a holdout: click_log.no_holdout)
   select_metric: str = "ndcg@10"  # the validation metric that picks `best/` and drives patience
+  prefetch: int = 2  # host batches built ahead of the step on a background thread; 0: none
   eval_ks: tuple = (10, 20, 50)
   eval_batch_size: int = 1024
   patience: int = 0  # evaluations without improvement before stopping; 0: never stop early
@@ -117,6 +119,7 @@ class Trainer:
                                       config.max_to_keep)
     self.best = checkpoints.manager(workdir, checkpoints.BEST, 1, 1)
     self.validates = bool(config.eval_every_epochs) and split.has_holdout
+    self.saver = saves.Saver(workdir, self.latest, self.best)
 
   def init_state(self) -> TrainState:
     def init(rng, base):
@@ -134,6 +137,9 @@ class Trainer:
       return self.init_state()
     console.info("resuming from %s at step %d", self.latest.directory, step)
     return checkpoints.restore(self.latest, step, self.abstract_state())
+
+  def close(self) -> None:
+    self.saver.close()
 
   def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
     return self.jitted_step(state, batch, self.item_log_q)
@@ -186,49 +192,6 @@ def _check_finite(metrics_host: dict, step: int, params=None) -> None:
                         "--grad_clip_norm)")
 
 
-class MetricsLog:
-  """Appends JSON lines to <workdir>/metrics.jsonl and mirrors scalars to TensorBoard.
-
-  Every row carries this run's id and the wall time; a row for a step that an earlier run
-  already recorded (steps recomputed after a resume) is marked `"repeated": true`.
-  """
-
-  def __init__(self, workdir: str, enabled: bool):
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self.enabled = enabled
-    self.run_id = uuid.uuid4().hex[:12]
-    self.writer = None
-    self._recorded = {}  # split -> the last step earlier runs recorded for it
-    if enabled:
-      if os.path.exists(self.path):
-        with open(self.path) as f:
-          for line in f:
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-              row = json.loads(line)
-              self._recorded[row["split"]] = max(self._recorded.get(row["split"], -1), row["step"])
-      from tensorboardX import SummaryWriter
-      self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
-
-  def scalars(self, step: int, values: dict, prefix: str = "") -> None:
-    if self.writer:
-      for k, v in values.items():
-        self.writer.add_scalar(prefix + k.replace("@", "_"), v, step)
-
-  def record(self, row: dict, prefix: str) -> None:
-    if not self.enabled:
-      return
-    row = {**row, "run_id": self.run_id, "time": round(time.time(), 3)}
-    if row["step"] <= self._recorded.get(row["split"], -1):
-      row["repeated"] = True
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
-    self.scalars(row["step"], {k: v for k, v in row.items() if isinstance(v, float) and k != "time"}, prefix)
-
-  def close(self):
-    if self.writer:
-      self.writer.close()
-
-
 def train_and_evaluate(config: TrainConfig, split: Split, workdir: str, run_info: dict | None = None,
                        base_params=None) -> dict:
   """Trains (resuming from the workdir's latest checkpoint), validates, tests the best state.
@@ -237,84 +200,79 @@ def train_and_evaluate(config: TrainConfig, split: Split, workdir: str, run_info
   final steps and their metrics) and then the `_SUCCESS` marker, each atomically; a run
   that does not finish leaves neither (a stale marker is removed first).
   `base_params` (a warm start) initialise a run that has no checkpoint yet.
+  A write the machine fails (checkpoints, including their background saves, metrics,
+  TensorBoard events) stops the run with a WriteError that says what is intact.
   Returns the final test metrics (or {} when validation is off).
   """
-  if jax.process_index() == 0:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(os.path.join(workdir, SUCCESS))
-  trainer = Trainer(config, split, workdir, base_params)
-  log = MetricsLog(workdir, enabled=jax.process_index() == 0)
-  try:
-    state = trainer.restore_or_init()
-    progress = _EvalProgress.load(workdir)
-    step = int(jax.device_get(state.step))
-    console.info("%d training sequences, %d steps/epoch x %d epochs, global batch %d on %d device(s)",
-                 len(trainer.train_users), trainer.steps_per_epoch, config.num_epochs, trainer.rows,
-                 jax.device_count())
-    epoch_done, into_epoch = divmod(step, trainer.steps_per_epoch)
-    if (step and not into_epoch and trainer.validates and not progress.stopped
-        and epoch_done % config.eval_every_epochs == 0 and progress.validated_epoch < epoch_done):
-      # Killed after the epoch-end checkpoint but before its validation was recorded.
-      _validate(trainer, state, epoch_done, step, log, progress)
+  trainer = log = None
+  with saves.BackgroundFaults() as faults:
     try:
-      with _StopSignal() as stop:
-        state = _train_loop(trainer, state, step, log, progress, stop)
-    finally:
-      trainer.latest.wait_until_finished()
-      trainer.best.wait_until_finished()
-    result = {}
-    if trainer.validates and trainer.best.latest_step() is not None:
-      best_step = trainer.best.latest_step()
-      best = checkpoints.restore(trainer.best, best_step, trainer.abstract_state())
-      result = evaluate.evaluate(best.params, config.model, split, "test", config.eval_ks,
-                                 config.eval_batch_size)
-      row = {"split": "test", "epoch": progress.best_epoch, "step": best_step, **result}
-      log.record(row, "test/")
-      evaluate.print_table(row)
-  finally:
-    log.close()
-  final_step = trainer.latest.latest_step()
-  trainer.latest.close()
-  trainer.best.close()
-  if jax.process_index() == 0:
-    summary = {**(run_info or {}), "run_id": log.run_id, "final_step": final_step,
-               "best": {"step": trainer.best.latest_step() if trainer.validates else None,
-                        "epoch": progress.best_epoch if trainer.validates else None,
-                        "select_metric": config.select_metric, "valid": progress.best_metrics},
-               "test": result}
-    with atomic_open(os.path.join(workdir, "summary.json")) as f:
-      json.dump(summary, f, indent=1)
-    with atomic_open(os.path.join(workdir, SUCCESS)) as f:
-      f.write(log.run_id + "\n")
-  return result
+      if jax.process_index() == 0:
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(os.path.join(workdir, SUCCESS))
+      trainer = Trainer(config, split, workdir, base_params)
+      trainer.saver.faults = faults
+      log = MetricsLog(workdir, enabled=jax.process_index() == 0)
+      result, progress = _run(trainer, log)
+      trainer.saver.settle()
+      log.close()
+      final_step = trainer.latest.latest_step()
+      trainer.saver.close()
+      if jax.process_index() == 0:
+        summary = {**(run_info or {}), "run_id": log.run_id, "final_step": final_step,
+                   "best": {"step": trainer.best.latest_step() if trainer.validates else None,
+                            "epoch": progress.best_epoch if trainer.validates else None,
+                            "select_metric": config.select_metric, "valid": progress.best_metrics},
+                   "test": result}
+        with atomic_open(os.path.join(workdir, "summary.json")) as f:
+          json.dump(summary, f, indent=1)
+        with atomic_open(os.path.join(workdir, SUCCESS)) as f:
+          f.write(log.run_id + "\n")
+      return result
+    except OSError as e:
+      _close_quietly(trainer, log)
+      where = e.filename or f"under {workdir}"
+      raise WriteError(f"{cause(e)} writing {where}; {saves.intact(workdir)}") from None
+    except BaseException:
+      _close_quietly(trainer, log)
+      raise
 
 
-@dataclasses.dataclass
-class _EvalProgress:
-  """Best validation score and patience counter, persisted so resumed runs stop alike."""
-  path: str
-  best_score: float = -1.0  # of TrainConfig.select_metric
-  best_epoch: int = -1
-  best_metrics: dict = dataclasses.field(default_factory=dict)
-  bad_evals: int = 0
-  stopped: bool = False
-  validated_epoch: int = 0  # the last epoch whose validation was recorded
+def _close_quietly(trainer, log) -> None:
+  if log is not None:
+    with contextlib.suppress(Exception):
+      log.close()
+  if trainer is not None:
+    trainer.saver.close_quietly()
 
-  @classmethod
-  def load(cls, workdir):
-    path = os.path.join(workdir, "eval_progress.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        saved = json.load(f)
-      if "best_ndcg" in saved:  # written before --select_metric, which was then ndcg@10
-        saved["best_score"] = saved.pop("best_ndcg")
-      return cls(path, **saved)
-    return cls(path)
 
-  def save(self):
-    if jax.process_index() == 0:
-      with atomic_open(self.path) as f:
-        json.dump({k: v for k, v in dataclasses.asdict(self).items() if k != "path"}, f)
+def _run(trainer: Trainer, log: MetricsLog):
+  """(test metrics, validation progress) of training to the end from the latest checkpoint."""
+  config, split = trainer.config, trainer.split
+  state = trainer.restore_or_init()
+  progress = EvalProgress.load(trainer.workdir)
+  step = int(jax.device_get(state.step))
+  console.info("%d training sequences, %d steps/epoch x %d epochs, global batch %d on %d device(s)",
+               len(trainer.train_users), trainer.steps_per_epoch, config.num_epochs, trainer.rows,
+               jax.device_count())
+  epoch_done, into_epoch = divmod(step, trainer.steps_per_epoch)
+  if (step and not into_epoch and trainer.validates and not progress.stopped
+      and epoch_done % config.eval_every_epochs == 0 and progress.validated_epoch < epoch_done):
+    # Killed after the epoch-end checkpoint but before its validation was recorded.
+    _validate(trainer, state, epoch_done, step, log, progress)
+  with _StopSignal() as stop:
+    state = _train_loop(trainer, state, step, log, progress, stop)
+  trainer.saver.settle()
+  result = {}
+  if trainer.validates and trainer.best.latest_step() is not None:
+    best_step = trainer.best.latest_step()
+    best = checkpoints.restore(trainer.best, best_step, trainer.abstract_state())
+    result = evaluate.evaluate(best.params, config.model, split, "test", config.eval_ks,
+                               config.eval_batch_size)
+    row = {"split": "test", "epoch": progress.best_epoch, "step": best_step, **result}
+    log.record(row, "test/")
+    evaluate.print_table(row)
+  return result, progress
 
 
 def _train_loop(trainer: Trainer, state, step: int, log: MetricsLog, progress, stop) -> TrainState:
@@ -333,7 +291,8 @@ def _train_loop(trainer: Trainer, state, step: int, log: MetricsLog, progress, s
 
   while step < trainer.total_steps and not progress.stopped:
     epoch, start = divmod(step, trainer.steps_per_epoch)
-    for index, (host_batch, rows) in enumerate(trainer.plan.epoch(epoch, start), start):
+    batches = input_pipeline.prefetch(trainer.plan.epoch(epoch, start), config.prefetch)
+    for index, (host_batch, rows) in enumerate(batches, start):
       state, metrics = trainer.train_step(state, to_global(host_batch, trainer.batch_sharding))
       step += 1
       if pending is not None:
@@ -356,9 +315,11 @@ def _train_loop(trainer: Trainer, state, step: int, log: MetricsLog, progress, s
         interval_start, interval_rows, interval_steps = time.perf_counter(), 0, 0
       if save:
         _check_finite(host, step, state.params)
-        checkpoints.save(trainer.latest, step, state, force=True)
+        trainer.saver.save(trainer.latest, step, state)
+      else:
+        trainer.saver.poll()
       if signum:
-        trainer.latest.wait_until_finished()
+        trainer.saver.settle()
         raise Preempted(signum, step)
       if end_of_epoch:
         log.record({"split": "train", "epoch": epoch + 1, "step": step,
@@ -382,7 +343,7 @@ def _validate(trainer: Trainer, state, epoch: int, step: int, log: MetricsLog, p
   if score > progress.best_score:
     progress.best_score, progress.best_epoch, progress.bad_evals = score, epoch, 0
     progress.best_metrics = row
-    checkpoints.save(trainer.best, step, state, force=True)
+    trainer.saver.save(trainer.best, step, state)
   else:
     progress.bad_evals += 1
     if config.patience and progress.bad_evals >= config.patience:
@@ -390,7 +351,7 @@ def _validate(trainer: Trainer, state, epoch: int, step: int, log: MetricsLog, p
                    "epoch %d)", config.select_metric, progress.bad_evals, progress.best_score,
                    progress.best_epoch)
       progress.stopped = True
-  trainer.best.wait_until_finished()
+  trainer.saver.settle()
   progress.save()
 
 

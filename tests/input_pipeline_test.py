@@ -175,3 +175,35 @@ def test_train_step_compiles_once_per_padded_shape(monkeypatch, loss, buckets):
   assert len(set(shapes)) > 1  # the case exercises several shapes
   if loss == "inbatch":
     assert after_first == len(traces)  # the second epoch meets only shapes the first compiled
+
+
+def test_prefetch_yields_the_same_batches_and_training_is_bit_identical(tmp_path):
+  model = ModelConfig(num_items=LOG.num_items, seq_length=24, hidden_size=8, num_attention_heads=2,
+                      num_hidden_layers=1)
+  t = train.Trainer(train.TrainConfig(model=model, batch_size=32, eval_every_epochs=0), SPLIT, tempfile.mkdtemp())
+  plain, ahead = list(t.plan.epoch(1)), list(input_pipeline.prefetch(t.plan.epoch(1), 2))
+  assert len(plain) == len(ahead) == t.steps_per_epoch
+  for (a, rows_a), (b, rows_b) in zip(plain, ahead):
+    assert rows_a == rows_b
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+      np.testing.assert_array_equal(x, y)
+  finals = []
+  for depth in (0, 2):
+    config = train.TrainConfig(model=model, batch_size=32, num_epochs=2, eval_every_epochs=0, prefetch=depth)
+    workdir = str(tmp_path / f"prefetch{depth}")
+    train.train_and_evaluate(config, SPLIT, workdir)
+    from jaxrec import checkpoints
+    mgr = checkpoints.manager(workdir, writer=False)
+    finals.append(jax.tree.leaves(checkpoints.restore_params(mgr, mgr.latest_step())))
+  for x, y in zip(*finals, strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_prefetch_raises_where_the_builder_failed():
+  def broken():
+    yield 1
+    raise ValueError("bad batch")
+  got = input_pipeline.prefetch(broken(), 2)
+  assert next(got) == 1
+  with pytest.raises(ValueError, match="bad batch"):
+    next(got)

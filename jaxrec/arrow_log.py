@@ -1,0 +1,151 @@
+"""Click tables through Apache Arrow: CSV (pyarrow.csv, multi-threaded) and Parquet files or
+directories of them (a table export).
+
+Ids become dense ids by Arrow's dictionary encoding, so no Python object is made per
+click: only one per distinct user or item id. Raw ids sort as click_log's readers sort
+them (as integers when every id is a plain decimal integer, else by their UTF-8 bytes),
+so a log reads into the same vocabulary whatever its format.
+"""
+
+import os
+
+import numpy as np
+
+from jaxrec.errors import InputError
+
+_PLAIN_INTEGER = r"^(0|[1-9][0-9]{0,17})$"  # fits int64, no leading zeros
+
+
+class Unreadable(Exception):
+  """Arrow would not read the CSV as it stands; the line-by-line reader will (or names the line)."""
+
+
+def read_csv(path: str, raw: bytes, user_col: str, item_col: str, time_col: str):
+  """(user ids [U], dense users [N], item ids [I-1], dense items [N], times [N] or None).
+
+  Raises Unreadable where Arrow refuses the file or a row is malformed (whitespace-only
+  lines, ragged rows, empty ids): the line-by-line reader then reads it or names the line.
+  """
+  import pyarrow as pa
+  from pyarrow import csv as pa_csv
+  columns = [user_col, item_col] + ([time_col] if time_col else [])
+  try:
+    table = pa_csv.read_csv(
+        pa.BufferReader(raw), parse_options=pa_csv.ParseOptions(newlines_in_values=False),
+        convert_options=pa_csv.ConvertOptions(include_columns=columns, strings_can_be_null=False,
+                                              column_types={user_col: pa.string(), item_col: pa.string()}))
+    if table.num_rows == 0:
+      raise Unreadable()
+    return _columns(path, table, user_col, item_col, time_col)
+  except (pa.ArrowException, KeyError, InputError):
+    raise Unreadable() from None
+
+
+def read_parquet(path: str, user_col: str, item_col: str, time_col: str):
+  """As read_csv, from one Parquet file or every *.parquet file of a directory (name order)."""
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  files = [path]
+  if os.path.isdir(path):
+    files = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".parquet"))
+    if not files:
+      raise InputError(f"{path}: a directory without .parquet files")
+  columns = [user_col, item_col] + ([time_col] if time_col else [])
+  tables = []
+  for file in files:
+    try:
+      names = pq.read_schema(file).names
+      for flag, name in zip(("--user_col", "--item_col", "--time_col"), columns):
+        if name not in names:
+          raise InputError(f"{file}: no column {name!r} ({flag}) among {', '.join(names)}")
+      tables.append(pq.read_table(file, columns=columns))
+    except (pa.ArrowException, OSError) as e:
+      raise InputError(f"{file}: not a readable Parquet file ({' '.join(str(e).split())[:200]})") from None
+  offsets = np.cumsum([0] + [t.num_rows for t in tables])
+  try:
+    table = pa.concat_tables(tables, promote_options="permissive")
+  except pa.ArrowException as e:
+    raise InputError(f"{path}: its files' columns do not agree ({' '.join(str(e).split())[:200]})") from None
+  if table.num_rows == 0:
+    raise InputError(f"{path}: no rows")
+
+  def where(row: int) -> str:  # the file and its row, 1-based
+    f = int(np.searchsorted(offsets, row, side="right")) - 1
+    return f"{files[f]}: row {row - offsets[f] + 1}"
+  return _columns(path, table, user_col, item_col, time_col, where)
+
+
+def _columns(path, table, user_col, item_col, time_col, where=None):
+  import pyarrow.compute as pc
+  where = where or (lambda row: f"{path}: data row {row + 1}")
+  ids = []
+  for name in (user_col, item_col):
+    column = table.column(name).combine_chunks()
+    if column.null_count:
+      raise InputError(f"{where(_first(column.is_null()))}: empty user or item id")
+    if not _is_integer(column):
+      column = pc.utf8_trim_whitespace(column.cast("string"))
+      empty = pc.equal(pc.utf8_length(column), 0)
+      if pc.any(empty).as_py():
+        raise InputError(f"{where(_first(empty))}: empty user or item id")
+    ids.append(dense_ids(column))
+  times = None
+  if time_col:
+    times = _seconds(table.column(time_col).combine_chunks(), where)
+  (user_ids, users), (item_ids, items) = ids
+  return user_ids, users, item_ids, items, times
+
+
+def dense_ids(column):
+  """An Arrow column of ids -> (sorted unique raw ids as unicode [K], dense ids in 0..K-1 [N])."""
+  import pyarrow.compute as pc
+  if _is_integer(column):
+    uniq, inverse = np.unique(column.to_numpy(), return_inverse=True)
+    return uniq.astype(str), inverse.reshape(-1).astype(np.int64)
+  encoded = pc.dictionary_encode(column)
+  dictionary, indices = encoded.dictionary, encoded.indices.to_numpy()
+  if pc.all(pc.match_substring_regex(dictionary, _PLAIN_INTEGER)).as_py():
+    order = np.argsort(pc.cast(dictionary, "int64").to_numpy(), kind="stable")
+  else:
+    order = pc.array_sort_indices(dictionary).to_numpy()
+  rank = np.empty(len(order), np.int64)
+  rank[order] = np.arange(len(order))
+  return np.asarray(dictionary.take(order).to_pylist(), dtype=str), rank[indices]
+
+
+def _is_integer(column) -> bool:
+  import pyarrow as pa
+  return pa.types.is_integer(column.type)
+
+
+def _first(mask) -> int:
+  return int(np.flatnonzero(mask.to_numpy(zero_copy_only=False))[0])
+
+
+def _seconds(column, where) -> np.ndarray:
+  """Timestamps as float64 seconds: numbers as they are, Arrow timestamps and ISO-8601 strings
+  since 1970 (UTC)."""
+  import pyarrow as pa
+  import pyarrow.compute as pc
+  if column.null_count:
+    raise InputError(f"{where(_first(column.is_null()))}: no timestamp")
+  if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+    return column.to_numpy().astype(np.float64)
+  if pa.types.is_timestamp(column.type) or pa.types.is_date(column.type):
+    return pc.cast(pc.cast(column, pa.timestamp("ms")), pa.int64()).to_numpy() / 1000.0
+  text = pc.utf8_trim_whitespace(column.cast("string"))
+  numbers = pc.match_substring_regex(text, r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$")
+  if pc.all(numbers).as_py():
+    return pc.cast(text, pa.float64()).to_numpy()
+  try:
+    stamps = pc.cast(pc.utf8_rtrim(text, characters="Z"), pa.timestamp("ms"))
+  except pa.ArrowInvalid:
+    from jaxrec.click_log import to_seconds
+    values = np.asarray(text.to_pylist())
+    for row, value in enumerate(values):
+      try:
+        to_seconds(np.array([value]))
+      except ValueError:
+        raise InputError(f"{where(row)}: timestamp {value!r} is not a number or an ISO-8601 date/time") from None
+    raise
+  return pc.cast(stamps, pa.int64()).to_numpy() / 1000.0

@@ -41,6 +41,40 @@ def read_csv(path: str, raw: bytes, user_col: str, item_col: str, time_col: str)
     raise Unreadable() from None
 
 
+def read_pairs(path: str, raw: bytes):
+  """`user item [time]` lines with one separator (tab, comma or space) through Arrow, as read_csv.
+
+  Raises Unreadable for anything the vectorised line reader must decide (mixed or repeated
+  separators, ragged or blank-with-spaces lines, bad timestamps): it reads those exactly.
+  """
+  import pyarrow as pa
+  import pyarrow.compute as pc
+  from pyarrow import csv as pa_csv
+  first = raw[:raw.find(b"\n")].strip() if b"\n" in raw else raw.strip()
+  delimiter = next((c for c in ("\t", ",", " ") if c.encode() in first), None)
+  if delimiter is None:
+    raise Unreadable()
+  width = len(first.split(delimiter.encode()))
+  if width not in (2, 3):
+    raise Unreadable()
+  names = ["user", "item", "time"][:width]
+  try:
+    table = pa_csv.read_csv(
+        pa.BufferReader(raw), read_options=pa_csv.ReadOptions(column_names=names),
+        parse_options=pa_csv.ParseOptions(delimiter=delimiter, quote_char=False),
+        convert_options=pa_csv.ConvertOptions(strings_can_be_null=False,
+                                              column_types={"user": pa.string(), "item": pa.string()}))
+    for name in ("user", "item"):  # another separator inside a field: the line reader splits there
+      if pc.any(pc.match_substring_regex(table.column(name), "[ \t,\r]|^$")).as_py():
+        raise Unreadable()
+    if width == 3 and not (pa.types.is_integer(table.column("time").type)
+                           or pa.types.is_floating(table.column("time").type)):
+      raise Unreadable()
+    return _columns(path, table, "user", "item", "time" if width == 3 else "")
+  except (pa.ArrowException, KeyError, InputError):
+    raise Unreadable() from None
+
+
 def read_parquet(path: str, user_col: str, item_col: str, time_col: str):
   """As read_csv, from one Parquet file or every *.parquet file of a directory (name order)."""
   import pyarrow as pa
@@ -97,14 +131,16 @@ def _columns(path, table, user_col, item_col, time_col, where=None):
 
 
 def dense_ids(column):
-  """An Arrow column of ids -> (sorted unique raw ids as unicode [K], dense ids in 0..K-1 [N])."""
+  """An Arrow column of ids -> (sorted unique raw ids as unicode [K], dense ids in 0..K-1 [N]).
+
+  Hashing (dictionary encoding) then sorting the K distinct ids, not the N clicks.
+  """
   import pyarrow.compute as pc
-  if _is_integer(column):
-    uniq, inverse = np.unique(column.to_numpy(), return_inverse=True)
-    return uniq.astype(str), inverse.reshape(-1).astype(np.int64)
   encoded = pc.dictionary_encode(column)
   dictionary, indices = encoded.dictionary, encoded.indices.to_numpy()
-  if pc.all(pc.match_substring_regex(dictionary, _PLAIN_INTEGER)).as_py():
+  if _is_integer(column):
+    order = np.argsort(dictionary.to_numpy(), kind="stable")
+  elif pc.all(pc.match_substring_regex(dictionary, _PLAIN_INTEGER)).as_py():
     order = np.argsort(pc.cast(dictionary, "int64").to_numpy(), kind="stable")
   else:
     order = pc.array_sort_indices(dictionary).to_numpy()

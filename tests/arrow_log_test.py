@@ -129,3 +129,17 @@ def test_inspect_reports_the_log(tmp_path):
   assert f"{padding:.1%} of the slots are padding" in result.stdout
   assert f"max {lengths.max()}" in result.stdout and "peak RSS" in result.stdout
   assert not os.path.exists(tmp_path / "runs")
+
+
+@settings(deadline=None, max_examples=80)
+@given(st.lists(st.tuples(st.sampled_from(["u1", "u2", "10", "9"]), st.sampled_from(["a", "b", "7", "07"]),
+                          st.integers(0, 3)), min_size=1, max_size=30),
+       st.sampled_from([" ", "\t", ",", "  ", " \t", ", "]), st.booleans(), st.booleans())
+def test_pairs_read_as_whitespace_split_lines(tmp_path_factory, rows, separator, with_time, trailing_space):
+  """Arrow reads the simple files; anything else falls back to the line reader; both as the reference."""
+  lines = [separator.join([u, i] + ([str(t)] if with_time else [])) + (" " if trailing_space else "")
+           for u, i, t in rows]
+  path = tmp_path_factory.mktemp("p") / "pairs.txt"
+  path.write_text("\n".join(lines) + "\n")
+  expect = reference([(u, i, t if with_time else 0) for u, i, t in rows])
+  assert as_dict(click_log.read_click_log(str(path), "pairs")) == expect

@@ -1,0 +1,143 @@
+"""Two-day retraining benchmark: a cold start on day 2 against a warm start from day 1's model.
+
+  python -m benchmarks.retrain_bench --seeds=0,1        # beauty_s3rec with experiments/beauty.flags (hours)
+  python -m benchmarks.retrain_bench --quick            # a small synthetic rehearsal (a minute)
+
+Day 1 is the log without each user's last click and without every click on a fixed random
+10% of the items; day 2 is the full log. Day 1 trains with the flagfile; on day 2 the same
+flags train from scratch and with --init_from the day-1 model. Reported per seed: the
+validation NDCG@10 of every epoch (and a plot), the epochs each needs to come within 2% of
+the cold start's best validation NDCG@10, test NDCG@10 / HR@10 of the checkpoints selected
+on validation, and HR@10 over the users whose test item is one of the new items.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from benchmarks import common
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS = flags.FLAGS
+flags.DEFINE_string("data_path", os.path.join(REPO, "..", "shared", "data", "beauty_s3rec.txt"), "Full log (day 2).")
+flags.DEFINE_string("flagfile_path", "experiments/beauty.flags", "Training flags of every run.")
+flags.DEFINE_list("seeds", ["0", "1"], "Seeds (each trains day 1, a cold and a warm day 2).")
+flags.DEFINE_string("scratch", "/tmp/jaxrec_retrain_bench", "Where the logs and workdirs go.")
+flags.DEFINE_bool("quick", False, "A small synthetic rehearsal instead of Beauty.")
+flags.DEFINE_bool("update_md", True, "Write the table into BENCHMARKS.md.")
+flags.DEFINE_string("markdown_out", "", "Write the markdown here instead of BENCHMARKS.md.")
+
+QUICK = ["--hidden_size=16", "--num_hidden_layers=1", "--seq_length=10", "--batch_size=64", "--num_epochs=4"]
+
+
+def write_days(root: str):
+  """(day-1 path, day-2 path, new item ids) of the two logs, written as `user item ...` lines."""
+  from jaxrec import click_log
+  log = (click_log.synthetic_click_log(2000, 300, seed=0) if FLAGS.quick
+         else click_log.read_click_log(FLAGS.data_path))
+  rng = np.random.default_rng(1234)
+  held = rng.choice(np.arange(1, log.num_items), size=(log.num_items - 1) // 10, replace=False)
+  days = []
+  for day in (1, 2):
+    path = os.path.join(root, f"day{day}.txt")
+    with open(path, "w") as f:
+      for u in range(log.num_users):
+        items = log.items[log.indptr[u]:log.indptr[u + 1]]
+        if day == 1:
+          items = items[:-1]
+          items = items[~np.isin(items, held)]
+        if len(items):
+          f.write(" ".join([log.user_ids[u], *log.item_ids[items]]) + "\n")
+    days.append(path)
+  return days[0], days[1], set(log.item_ids[held].tolist())
+
+
+def train(workdir: str, data: str, seed: int, *extra):
+  base = QUICK if FLAGS.quick else [f"--flagfile={FLAGS.flagfile_path}"]
+  command = [sys.executable, "-m", "jaxrec.main", *base, f"--data_path={data}", f"--workdir={workdir}",
+             f"--seed={seed}", *extra]
+  if not os.path.exists(os.path.join(workdir, "_SUCCESS")):
+    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+
+
+def valid_curve(workdir: str) -> list:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return [r["ndcg@10"] for r in sorted((r for r in rows if r["split"] == "valid" and not r.get("repeated")),
+                                       key=lambda r: r["epoch"])]
+
+
+def new_item_hr(workdir: str, data: str, new_items: set) -> tuple:
+  """(HR@10, users) over the users whose test item is new, with the validation-selected checkpoint."""
+  from jaxrec import checkpoints, click_log, evaluate, vocab
+  config, mgr, step = checkpoints.select(workdir, "best")
+  log, _ = vocab.align_to_vocab(click_log.read_click_log(data), vocab.load_item_vocab(f"{workdir}/vocab.npz"))
+  split = click_log.leave_one_out(log)
+  users, ends, targets = split.eval_inputs("test")
+  keep = np.isin(log.item_ids[targets], list(new_items))
+  subset = click_log.Split(log, split.train_end, split.valid_users, split.valid_ends, users[keep], ends[keep])
+  metrics = evaluate.evaluate(checkpoints.restore_params(mgr, step), config, subset, "test", (10,))
+  return metrics["hr@10"], int(keep.sum())
+
+
+def epochs_to(curve: list, target: float):
+  return next((e + 1 for e, v in enumerate(curve) if v >= target), None)
+
+
+def main(argv):
+  del argv
+  root = FLAGS.scratch + ("_quick" if FLAGS.quick else "")
+  os.makedirs(root, exist_ok=True)
+  day1, day2, new_items = write_days(root)
+  rows, curves = [], {}
+  for seed in map(int, FLAGS.seeds):
+    d1, cold, warm = (os.path.join(root, f"{name}_s{seed}") for name in ("day1", "cold", "warm"))
+    train(d1, day1, seed)
+    train(cold, day2, seed)
+    train(warm, day2, seed, f"--init_from={d1}")
+    c, w = valid_curve(cold), valid_curve(warm)
+    curves[seed] = (c, w)
+    target = 0.98 * max(c)
+    for name, workdir, curve in (("cold", cold, c), ("warm", warm, w)):
+      test = json.load(open(os.path.join(workdir, "summary.json")))["test"]
+      hr_new, n_new = new_item_hr(workdir, day2, new_items)
+      rows.append([seed, name, f"{max(curve):.4f}", epochs_to(curve, max(c)) if name == "cold" else "-",
+                   epochs_to(curve, target) or "never", f"{test['ndcg@10']:.4f}", f"{test['hr@10']:.4f}",
+                   f"{hr_new:.4f} ({n_new})"])
+      print(rows[-1], file=sys.stderr, flush=True)
+  plot = os.path.join(REPO, "benchmarks", "retrain.png") if not FLAGS.quick else os.path.join(root, "retrain.png")
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    for seed, (c, w) in curves.items():
+      plt.plot(range(1, len(c) + 1), c, "--", label=f"cold, seed {seed}")
+      plt.plot(range(1, len(w) + 1), w, label=f"warm, seed {seed}")
+    plt.xlabel("epoch on day 2")
+    plt.ylabel("validation NDCG@10")
+    plt.legend()
+    plt.savefig(plot, dpi=100)
+  except ImportError:
+    plot = None
+  text = "\n".join([
+      "## Daily retraining (two simulated days)", "", f"`{common.command_line('benchmarks.retrain_bench')}`",
+      f"Machine: {common.machine_line()}. Day 1: the log without each user's last click and without every "
+      f"click on a fixed random 10% of the items ({len(new_items):,} items new on day 2); day 2: the full log.",
+      "", common.markdown_table(["seed", "day 2", "best valid NDCG@10", "epochs to its best",
+                                 "epochs to 98% of cold's best", "test NDCG@10", "test HR@10",
+                                 "HR@10, new-item targets (users)"], rows),
+      "" if plot is None else f"\n![validation NDCG@10 per epoch]({os.path.relpath(plot, REPO)})"])
+  print(text)
+  if FLAGS.markdown_out:
+    common.update_section("retrain", text, FLAGS.markdown_out)
+  elif FLAGS.update_md and not FLAGS.quick:
+    common.update_section("retrain", text)
+
+
+if __name__ == "__main__":
+  app.run(main)

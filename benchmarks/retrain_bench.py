@@ -38,6 +38,7 @@ QUICK = ["--hidden_size=16", "--num_hidden_layers=1", "--seq_length=10", "--batc
 def write_days(root: str):
   """(day-1 path, day-2 path, new item ids) of the two logs, written as `user item ...` lines."""
   from jaxrec import click_log
+  from jaxrec import holdout
   log = (click_log.synthetic_click_log(2000, 300, seed=0) if FLAGS.quick
          else click_log.read_click_log(FLAGS.data_path))
   rng = np.random.default_rng(1234)
@@ -77,10 +78,10 @@ def new_item_hr(workdir: str, data: str, new_items: set) -> tuple:
   from jaxrec import checkpoints, click_log, evaluate, vocab
   config, mgr, step = checkpoints.select(workdir, "best")
   log, _ = vocab.align_to_vocab(click_log.read_click_log(data), vocab.load_item_vocab(f"{workdir}/vocab.npz"))
-  split = click_log.leave_one_out(log)
+  split = holdout.leave_one_out(log)
   users, ends, targets = split.eval_inputs("test")
   keep = np.isin(log.item_ids[targets], list(new_items))
-  subset = click_log.Split(log, split.train_end, split.valid_users, split.valid_ends, users[keep], ends[keep])
+  subset = holdout.Split(log, split.train_end, split.valid_users, split.valid_ends, users[keep], ends[keep])
   metrics = evaluate.evaluate(checkpoints.restore_params(mgr, step), config, subset, "test", (10,))
   return metrics["hr@10"], int(keep.sum())
 

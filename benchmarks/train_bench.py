@@ -125,6 +125,7 @@ class CompileCounter:
 def _first_users(log, num_users: int):
   """The log restricted to its first `num_users` users (the item vocabulary is kept)."""
   from jaxrec import click_log
+  from jaxrec import holdout
   from jaxrec import input_pipeline
   n = min(num_users, log.num_users)
   return click_log.ClickLog(log.user_ids[:n], log.item_ids, log.indptr[:n + 1], log.items[:log.indptr[n]])
@@ -132,6 +133,7 @@ def _first_users(log, num_users: int):
 
 def _trainer(job, log, workdir):
   from jaxrec import click_log
+  from jaxrec import holdout
   from jaxrec import input_pipeline
   from jaxrec.model import ModelConfig
   from jaxrec.step import LossConfig
@@ -149,7 +151,7 @@ def _trainer(job, log, workdir):
                        bucket_lengths=tuple(job.get("bucket_lengths", ())),
                        short_length=job.get("short_length", 0),
                        sparse_embedding_updates=job.get("sparse", False), loss=loss)
-  return Trainer(config, click_log.leave_one_out(log), workdir)
+  return Trainer(config, holdout.leave_one_out(log), workdir)
 
 
 def _close(trainer):
@@ -168,6 +170,7 @@ def _real_job(job, compiles) -> dict:
   """Three epochs on the real data: compile + warm-up, timed with host batching, timed prebuilt."""
   import jax
   from jaxrec import click_log
+  from jaxrec import holdout
   from jaxrec import input_pipeline
   if job["data_path"]:
     log = click_log.read_click_log(job["data_path"])
@@ -265,6 +268,7 @@ def _sweep_job(job, compiles) -> dict:
   """Synthetic data, buckets off: warm-up steps, then `timed_steps` timed; optionally Adam alone."""
   import jax
   from jaxrec import click_log
+  from jaxrec import holdout
   from jaxrec import input_pipeline
   log = click_log.synthetic_click_log(job["users"], job["items"], seed=0)
   with tempfile.TemporaryDirectory() as workdir:

@@ -11,7 +11,8 @@ import numpy as np
 from jaxrec import console
 from jaxrec import input_pipeline
 from jaxrec import metrics
-from jaxrec.click_log import ClickLog, Split
+from jaxrec.click_log import ClickLog
+from jaxrec.holdout import Split
 from jaxrec.model import ModelConfig, Seq2Seq
 
 

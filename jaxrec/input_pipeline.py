@@ -17,7 +17,8 @@ from typing import Iterator
 import flax
 import numpy as np
 
-from jaxrec.click_log import ClickLog, PAD, Split, gather_ranges
+from jaxrec.click_log import ClickLog, PAD, gather_ranges
+from jaxrec.holdout import Split
 
 
 def round_up(n: int, multiple: int) -> int:

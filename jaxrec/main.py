@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxrec import console
 from jaxrec import click_log
+from jaxrec import holdout
 from jaxrec import errors
 from jaxrec import vocab
 from jaxrec.errors import InputError, exit_on_input_error, flags_parser
@@ -297,12 +298,12 @@ def source() -> str:
   return FLAGS.data_path or "synthetic data"
 
 
-def make_split(log: click_log.ClickLog) -> click_log.Split:
+def make_split(log: click_log.ClickLog) -> holdout.Split:
   if FLAGS.holdout == "none":
-    return click_log.no_holdout(log)
+    return holdout.no_holdout(log)
   if FLAGS.split == "time":
-    return click_log.time_split(log, _seconds(FLAGS.valid_from), _seconds(FLAGS.test_from), source())
-  return click_log.leave_one_out(log, source())
+    return holdout.time_split(log, _seconds(FLAGS.valid_from), _seconds(FLAGS.test_from), source())
+  return holdout.leave_one_out(log, source())
 
 
 def data_fingerprint(log: click_log.ClickLog) -> dict:
@@ -433,25 +434,18 @@ def run_export(log: click_log.ClickLog) -> None:
 def run_export_model(log: click_log.ClickLog) -> None:
   """Writes the portable artifact; the log is not read (the vocabulary holds the catalog)."""
   del log
-  from jaxrec import checkpoints, evaluate, model_export
+  from jaxrec import model_export
   config, mgr, step = model_checkpoint()
   directory = FLAGS.output or os.path.join(FLAGS.workdir, "model")
   if os.path.exists(directory) and not os.path.isdir(directory):
     raise InputError(f"--output={directory}: not a directory")
-  vocab_path = os.path.join(FLAGS.workdir, "vocab.npz")
-  item_ids = vocab.load_item_vocab(vocab_path)
-  counts = vocab.load_item_counts(vocab_path)
   if FLAGS.onnx:
     try:
       import jax2onnx  # noqa: F401
     except ImportError:
       raise InputError("--onnx: needs the onnx extra (pip install -e '.[onnx]')") from None
-  params = evaluate.local_copy(checkpoints.restore_params(mgr, step))
-  metadata = {"step": step, "vocab_fingerprint": vocab.vocab_fingerprint(item_ids)}
   with errors.writing(f"the model artifact under {directory}", "files written before it are whole"):
-    paths = model_export.write_artifact(directory, params, config, item_ids[1:],
-                                        evaluate.item_table(params, config)[1:],
-                                        None if counts is None else counts[1:], metadata, FLAGS.onnx)
+    paths = model_export.export_workdir(FLAGS.workdir, config, mgr, step, directory, FLAGS.onnx)
   console.info("wrote %s: %s (checkpoint step %d)", directory, ", ".join(os.path.basename(p) for p in paths),
                step)
 
@@ -459,19 +453,9 @@ def run_export_model(log: click_log.ClickLog) -> None:
 def run_inspect(log: click_log.ClickLog, load_s: float) -> None:
   """What a user runs first on a new log: its shape, and what --seq_length would pad."""
   import resource
-  lengths = log.lengths()
-  counts = np.bincount(log.items, minlength=log.num_items)[1:]
-  top = np.argsort(-counts, kind="stable")[:10]
-  used = np.minimum(lengths, FLAGS.seq_length)
-  pct = np.percentile(lengths, [50, 90, 99]) if len(lengths) else [0, 0, 0]
-  print(f"{source()}: {log.num_users:,} users, {log.num_items - 1:,} items, {len(log.items):,} clicks"
-        f"{', with timestamps' if log.times is not None else ''}")
-  print(f"clicks per user: mean {lengths.mean():.1f}, median {pct[0]:.0f}, p90 {pct[1]:.0f}, p99 {pct[2]:.0f}, "
-        f"max {lengths.max()}")
-  print(f"--seq_length={FLAGS.seq_length}: {1 - used.sum() / (len(used) * FLAGS.seq_length):.1%} of the slots "
-        f"are padding; {np.mean(lengths > FLAGS.seq_length):.1%} of users have more clicks than it reads")
-  print("most clicked: " + ", ".join(f"{log.item_ids[i + 1]} ({counts[i]:,})" for i in top))
-  print(f"loaded in {load_s:.2f} s, peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
+  print("\n".join([f"{source()}: " + click_log.describe(log, FLAGS.seq_length),
+                   f"loaded in {load_s:.2f} s, peak RSS "
+                   f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB"]))
 
 
 def main(argv) -> None:

@@ -79,3 +79,14 @@ def write_artifact(directory: str, params, config: ModelConfig, item_ids: np.nda
               f, indent=1)
   paths.append(manifest)
   return paths
+
+
+def export_workdir(workdir: str, config: ModelConfig, mgr, step: int, directory: str, onnx: bool) -> list:
+  """write_artifact for checkpoint `step` of `mgr` in a trained workdir, with its vocabulary."""
+  from jaxrec import checkpoints, evaluate, vocab
+  vocab_path = os.path.join(workdir, "vocab.npz")
+  item_ids, counts = vocab.load_item_vocab(vocab_path), vocab.load_item_counts(vocab_path)
+  params = evaluate.local_copy(checkpoints.restore_params(mgr, step))
+  metadata = {"step": step, "vocab_fingerprint": vocab.vocab_fingerprint(item_ids)}
+  return write_artifact(directory, params, config, item_ids[1:], evaluate.item_table(params, config)[1:],
+                        None if counts is None else counts[1:], metadata, onnx)

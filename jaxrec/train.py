@@ -28,7 +28,7 @@ from jaxrec import input_pipeline
 from jaxrec import saves
 from jaxrec import step as step_lib
 from jaxrec import warm_start
-from jaxrec.click_log import Split
+from jaxrec.holdout import Split
 from jaxrec.errors import TrainingError, WriteError, cause
 from jaxrec.fileio import atomic_open
 from jaxrec.input_pipeline import Batch
@@ -53,7 +53,7 @@ class TrainConfig:
   checkpoint_every_steps: int = 1000
   max_to_keep: int = 3
   log_every_steps: int = 50
-  eval_every_epochs: int = 1  # 0: no validation (nor without a holdout: click_log.no_holdout)
+  eval_every_epochs: int = 1  # 0: no validation (nor without a holdout: holdout.no_holdout)
   select_metric: str = "ndcg@10"  # the validation metric that picks `best/` and drives patience
   prefetch: int = 2  # host batches built ahead of the step on a background thread; 0: none
   eval_ks: tuple = (10, 20, 50)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from jaxrec import click_log
+from jaxrec import holdout
 from jaxrec.errors import InputError
 
 SEQUENCES = {"alice": ["a", "b", "c", "d"], "bob": ["c", "a"], "carol": ["x", "b", "x", "a", "e"]}
@@ -73,7 +74,7 @@ def test_shared_benchmark_file_if_present():
 
 def test_leave_one_out():
   log = click_log.synthetic_click_log(200, 50, seed=1)
-  split = click_log.leave_one_out(log)
+  split = holdout.leave_one_out(log)
   for u in range(log.num_users):
     clicks = log.items[log.indptr[u]:log.indptr[u + 1]]
     train = log.items[log.indptr[u]:split.train_end[u]]

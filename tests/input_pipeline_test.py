@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxrec import click_log
+from jaxrec import holdout
 from jaxrec import input_pipeline
 from jaxrec import step as step_lib
 from jaxrec import train
@@ -17,7 +18,7 @@ from jaxrec.model import ModelConfig
 
 def test_train_batch_matches_a_naive_construction():
   log = click_log.synthetic_click_log(100, 30, seed=2, mean_length=6)
-  split = click_log.leave_one_out(log)
+  split = holdout.leave_one_out(log)
   sampler = input_pipeline.PopularitySampler(split.item_counts())
   users = split.train_users[:7]
   length, rows = 5, 9
@@ -104,7 +105,7 @@ def test_slot_capacity_wastes_at_most_an_eighth():
 
 
 LOG = click_log.synthetic_click_log(400, 60, seed=4, mean_length=5)
-SPLIT = click_log.leave_one_out(LOG)
+SPLIT = holdout.leave_one_out(LOG)
 
 
 def trainer(short_length: int, loss: str = "inbatch") -> train.Trainer:

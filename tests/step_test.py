@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 from jaxrec import click_log
+from jaxrec import holdout
 from jaxrec import step as step_lib
 from jaxrec import train
 from jaxrec.model import ModelConfig
 
 LOG = click_log.synthetic_click_log(300, 400, seed=3, mean_length=6)
-SPLIT = click_log.leave_one_out(LOG)
+SPLIT = holdout.leave_one_out(LOG)
 
 
 def trainer(sparse: bool, share: bool, loss: str) -> train.Trainer:

@@ -11,13 +11,14 @@ import pytest
 
 from jaxrec import checkpoints
 from jaxrec import click_log
+from jaxrec import holdout
 from jaxrec import evaluate
 from jaxrec import export
 from jaxrec import train
 from jaxrec.model import ModelConfig
 
 LOG = click_log.synthetic_click_log(600, 120, seed=0, mean_length=8)
-SPLIT = click_log.leave_one_out(LOG)
+SPLIT = holdout.leave_one_out(LOG)
 
 
 def tiny_config(num_epochs: int, **overrides) -> train.TrainConfig:

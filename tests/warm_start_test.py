@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from jaxrec import checkpoints
 from jaxrec import click_log
+from jaxrec import holdout
 from jaxrec import train
 from jaxrec import warm_start
 from jaxrec.model import ModelConfig, init_params
@@ -57,7 +58,7 @@ def test_grafted_state_copies_the_base_and_initialises_new_rows_as_a_cold_start(
   log = click_log.synthetic_click_log(200, 300, seed=1)
   config = train.TrainConfig(model=ModelConfig(**{**base_config.__dict__, "num_items": log.num_items}),
                              batch_size=16, eval_every_epochs=0, seed=3)
-  split = click_log.leave_one_out(log)
+  split = holdout.leave_one_out(log)
   warm = train.Trainer(config, split, tempfile.mkdtemp(), base).init_state()
   cold = train.Trainer(config, split, tempfile.mkdtemp()).init_state()
   assert int(warm.step) == 0

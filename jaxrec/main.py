@@ -249,12 +249,12 @@ def model_config(num_items: int):
 
 
 def train_config(num_items: int):
-  from jaxrec.step import LossConfig
+  from jaxrec.step import LossConfig, OptimizerConfig
   from jaxrec.train import TrainConfig
   return TrainConfig(model=model_config(num_items), batch_size=FLAGS.batch_size,
-                     num_epochs=FLAGS.num_epochs, learning_rate=FLAGS.learning_rate,
-                     lr_schedule=FLAGS.lr_schedule, warmup_steps=FLAGS.warmup_steps,
-                     weight_decay=FLAGS.weight_decay, grad_clip_norm=FLAGS.grad_clip_norm,
+                     num_epochs=FLAGS.num_epochs,
+                     optimizer=OptimizerConfig(FLAGS.learning_rate, FLAGS.lr_schedule, FLAGS.warmup_steps,
+                                               FLAGS.weight_decay, FLAGS.grad_clip_norm),
                      seed=FLAGS.seed, checkpoint_every_steps=FLAGS.checkpoint_every_steps,
                      max_to_keep=FLAGS.max_to_keep, log_every_steps=FLAGS.log_every_steps,
                      eval_every_epochs=FLAGS.eval_every_epochs,

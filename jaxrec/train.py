@@ -43,12 +43,7 @@ class TrainConfig:
   model: ModelConfig
   batch_size: int = 198
   num_epochs: int = 10
-  learning_rate: float = 1e-3
-  lr_schedule: str = "constant"  # constant | cosine (after warm-up)
-  warmup_steps: int = 0
-  weight_decay: float = 0.0
-  grad_clip_norm: float = 0.0  # 0: no clipping
-  adam_b2: float = 0.999
+  optimizer: step_lib.OptimizerConfig = step_lib.OptimizerConfig()
   seed: int = 0
   checkpoint_every_steps: int = 1000
   max_to_keep: int = 3
@@ -64,10 +59,6 @@ class TrainConfig:
   sparse_embedding_updates: bool = False  # lazy Adam on the touched table rows only
   short_length: int = 0  # run each batch's short rows at this padded length (same batches, same loss)
 
-  @property
-  def optimizer(self) -> step_lib.OptimizerConfig:
-    return step_lib.OptimizerConfig(self.learning_rate, self.lr_schedule, self.warmup_steps,
-                                    self.weight_decay, self.grad_clip_norm, self.adam_b2)
 
 
 def data_mesh() -> Mesh:
@@ -107,7 +98,7 @@ class Trainer:
     self.tx, self.lr = step_lib.make_optimizer(config.optimizer, self.total_steps)
     if config.sparse_embedding_updates:
       fn = functools.partial(step_lib.sparse_train_step, model=self.model, tx=self.tx, lr=self.lr,
-                             b2=config.adam_b2, loss=config.loss)
+                             b2=config.optimizer.b2, loss=config.loss)
     else:
       fn = functools.partial(step_lib.train_step, model=self.model, tx=self.tx, loss=config.loss)
     # (state, batch, item_log_q) -> (state, metrics); the state is donated.

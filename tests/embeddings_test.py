@@ -27,16 +27,6 @@ def make_arrays(seed, num_users, num_items, dim, max_visits):
       visited_indices=rng.integers(0, num_items, indptr[-1]))
 
 
-@pytest.fixture
-def npz_file(tmp_path):
-  """Writes arrays to an .npz under tmp_path and returns its path."""
-  def write(arrays, name="emb.npz"):
-    path = str(tmp_path / name)
-    np.savez(path, **arrays)
-    return path
-  return write
-
-
 def test_load_round_trips_and_converts_dtypes(npz_file):
   arrays = make_arrays(0, 10, 300, 16, 3)
   path = npz_file(dict(arrays, user_emb=arrays["user_emb"].astype(np.float64),

@@ -111,7 +111,7 @@ SPLIT = holdout.leave_one_out(LOG)
 def trainer(short_length: int, loss: str = "inbatch") -> train.Trainer:
   model = ModelConfig(num_items=LOG.num_items, seq_length=24, hidden_size=8, num_attention_heads=2,
                       num_hidden_layers=2, feed_forward_size=16)
-  config = train.TrainConfig(model=model, batch_size=32, learning_rate=1e-2, eval_every_epochs=0,
+  config = train.TrainConfig(model=model, batch_size=32, optimizer=step_lib.OptimizerConfig(1e-2), eval_every_epochs=0,
                              short_length=short_length, loss=step_lib.LossConfig(loss))
   return train.Trainer(config, SPLIT, tempfile.mkdtemp())
 

@@ -119,16 +119,6 @@ def faiss_threads():
   faiss.omp_set_num_threads(old)
 
 
-@pytest.fixture
-def npz_file(tmp_path):
-  """Writes arrays to an .npz under tmp_path and returns its path."""
-  def write(arrays, name="emb.npz"):
-    path = str(tmp_path / name)
-    np.savez(path, **arrays)
-    return path
-  return write
-
-
 def _recall(arrays, top_n, **kwargs):
   return recall.recall_top_n(arrays["user_emb"], arrays["item_emb"],
                              arrays["visited_indptr"], arrays["visited_indices"],

@@ -19,7 +19,7 @@ SPLIT = holdout.leave_one_out(LOG)
 def trainer(sparse: bool, share: bool, loss: str) -> train.Trainer:
   model = ModelConfig(num_items=LOG.num_items, seq_length=8, hidden_size=8, num_attention_heads=2,
                       num_hidden_layers=1, share_embeddings=share)
-  config = train.TrainConfig(model=model, batch_size=16, learning_rate=1e-2, eval_every_epochs=0,
+  config = train.TrainConfig(model=model, batch_size=16, optimizer=step_lib.OptimizerConfig(1e-2), eval_every_epochs=0,
                              sparse_embedding_updates=sparse,
                              loss=step_lib.LossConfig(loss, num_negatives=5))
   return train.Trainer(config, SPLIT, tempfile.mkdtemp())

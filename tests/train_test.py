@@ -11,9 +11,10 @@ import pytest
 
 from jaxrec import checkpoints
 from jaxrec import click_log
-from jaxrec import holdout
 from jaxrec import evaluate
 from jaxrec import export
+from jaxrec import holdout
+from jaxrec import step as step_lib
 from jaxrec import train
 from jaxrec.model import ModelConfig
 
@@ -24,7 +25,8 @@ SPLIT = holdout.leave_one_out(LOG)
 def tiny_config(num_epochs: int, **overrides) -> train.TrainConfig:
   model = ModelConfig(num_items=LOG.num_items, seq_length=12, hidden_size=16, num_attention_heads=2,
                       num_hidden_layers=2)
-  defaults = dict(model=model, batch_size=64, num_epochs=num_epochs, learning_rate=3e-3,
+  defaults = dict(model=model, batch_size=64, num_epochs=num_epochs,
+                  optimizer=step_lib.OptimizerConfig(learning_rate=3e-3),
                   checkpoint_every_steps=4, log_every_steps=100, eval_ks=(10, 20))
   defaults.update(overrides)
   return train.TrainConfig(**defaults)

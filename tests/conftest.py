@@ -12,3 +12,20 @@ def npz_file(tmp_path):
     np.savez(path, **arrays)
     return path
   return write
+
+
+@pytest.fixture
+def assert_imports_without():
+  """assert_imports_without(module, forbidden): importing `module` in a fresh interpreter loads
+  none of the `forbidden` modules."""
+  import os
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def check(module, forbidden):
+    code = f"import {module}, sys; assert not {set(forbidden)!r} & set(sys.modules), sorted(sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo, env=dict(os.environ, PYTHONPATH=repo),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+  return check

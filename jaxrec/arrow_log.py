@@ -168,20 +168,25 @@ def _seconds(column, where) -> np.ndarray:
   if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
     return column.to_numpy().astype(np.float64)
   if pa.types.is_timestamp(column.type) or pa.types.is_date(column.type):
-    return pc.cast(pc.cast(column, pa.timestamp("ms")), pa.int64()).to_numpy() / 1000.0
+    micros = pc.cast(pc.cast(column, pa.timestamp("us"), safe=False), pa.int64()).to_numpy()
+    return micros / 1e6
   text = pc.utf8_trim_whitespace(column.cast("string"))
   numbers = pc.match_substring_regex(text, r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$")
   if pc.all(numbers).as_py():
     return pc.cast(text, pa.float64()).to_numpy()
   try:
-    stamps = pc.cast(pc.utf8_rtrim(text, characters="Z"), pa.timestamp("ms"))
-  except pa.ArrowInvalid:
+    stamps = pc.cast(pc.utf8_rtrim(text, characters="Z"), pa.timestamp("us"), safe=False)
+    return pc.cast(stamps, pa.int64()).to_numpy() / 1e6
+  except pa.ArrowInvalid:  # forms Arrow does not parse (offsets, say): numpy's, or the row that fails
     from jaxrec.click_log import to_seconds
     values = np.asarray(text.to_pylist())
-    for row, value in enumerate(values):
-      try:
-        to_seconds(np.array([value]))
-      except ValueError:
-        raise InputError(f"{where(row)}: timestamp {value!r} is not a number or an ISO-8601 date/time") from None
-    raise
-  return pc.cast(stamps, pa.int64()).to_numpy() / 1000.0
+    try:
+      return to_seconds(values)
+    except ValueError:
+      for row, value in enumerate(values):
+        try:
+          to_seconds(np.array([value]))
+        except ValueError:
+          raise InputError(f"{where(row)}: timestamp {value!r} is not a number or an ISO-8601 "
+                           "date/time") from None
+      raise

@@ -37,6 +37,15 @@ class WriteError(Exception):
 
 def cause(e: BaseException) -> str:
   """The machine's reason behind `e` (or the exceptions it was raised from), in words."""
+  known = known_cause(e)
+  if known is not None:
+    return known
+  text = " ".join(str(e).split()) or type(e).__name__
+  return text if len(text) <= 200 else text[:200] + "..."
+
+
+def known_cause(e: BaseException) -> str | None:
+  """cause(e) where it is a failure of the machine (a full disk, a denied write, ...), else None."""
   seen, chain = set(), [e]
   while chain:
     x = chain.pop(0)
@@ -53,8 +62,7 @@ def cause(e: BaseException) -> str:
     if str(x).startswith("PERMISSION_DENIED"):
       return "permission denied"
     chain += [x.__cause__, x.__context__, *getattr(x, "exceptions", ())]
-  text = " ".join(str(e).split()) or type(e).__name__
-  return text if len(text) <= 200 else text[:200] + "..."
+  return None
 
 
 @contextlib.contextmanager

@@ -4,6 +4,9 @@ import contextlib
 import os
 import tempfile
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str, suffix: str = ""):
@@ -18,6 +21,7 @@ def atomic_path(path: str, suffix: str = ""):
   os.close(fd)
   try:
     yield tmp
+    os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would have made it; mkstemp makes 0600
     os.replace(tmp, path)
   except BaseException:
     with contextlib.suppress(FileNotFoundError):

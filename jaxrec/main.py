@@ -327,7 +327,8 @@ def run_train(log: click_log.ClickLog) -> None:
   if resuming:
     # Resuming: the log must hold exactly the model's items, read in its rows' order.
     log, alignment = vocab.align_to_vocab(log, vocab.load_item_vocab(vocab_path))
-    if alignment.unknown_items or alignment.missing_items:
+    # A warm-started workdir keeps yesterday's vanished items: missing from the log is expected.
+    if alignment.unknown_items or (alignment.missing_items and not FLAGS.init_from):
       raise InputError(f"{source()}: its items differ from those of the model in --workdir={FLAGS.workdir} "
                        f"({alignment.unknown_items} new, {alignment.missing_items} missing): train on it in a "
                        f"new --workdir with --init_from={FLAGS.workdir}")

@@ -13,7 +13,7 @@ import os
 import threading
 
 from jaxrec import checkpoints
-from jaxrec.errors import WriteError, cause
+from jaxrec.errors import WriteError, cause, known_cause
 
 
 class BackgroundFaults:
@@ -26,7 +26,9 @@ class BackgroundFaults:
     self.error = None
 
   def _hook(self, args):
-    if self.error is None:
+    if known_cause(args.exc_value) is None:
+      self._old_hook(args)  # not a failed write: a bug, shown as Python shows it
+    elif self.error is None:
       self.error = args.exc_value
 
   def __enter__(self):
@@ -35,10 +37,11 @@ class BackgroundFaults:
     logging.getLogger("absl").addFilter(self._filter)
     return self
 
-  def __exit__(self, exc_type, *exc):
-    if exc_type is None:  # after a failure, threads still dying are part of what was reported
-      threading.excepthook = self._old_hook
-      logging.getLogger("absl").removeFilter(self._filter)
+  def __exit__(self, *exc):
+    logging.getLogger("absl").removeFilter(self._filter)
+    old = self._old_hook
+    # Writer threads that die of the write failure already reported stay quiet; others not.
+    threading.excepthook = lambda args: None if known_cause(args.exc_value) else old(args)
 
 
 class Saver:
@@ -85,7 +88,9 @@ class Saver:
   def close(self) -> None:
     self.latest.close()
     self.best.close()
-    os.close(self._workdir_fd)
+    if self._workdir_fd is not None:
+      os.close(self._workdir_fd)
+      self._workdir_fd = None
 
   def close_quietly(self) -> None:
     """Shuts the checkpoint threads down on a failed run without more noise."""
@@ -94,6 +99,8 @@ class Saver:
         close()
 
   def _check_workdir(self) -> None:
+    if self._workdir_fd is None:
+      return
     held = os.fstat(self._workdir_fd)
     try:
       same = held.st_nlink > 0 and os.stat(self.workdir).st_ino == held.st_ino

@@ -169,34 +169,39 @@ class Batcher:
     self.queue = asyncio.Queue()
     self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxrec-encoder")
 
-  async def submit(self, queries: list) -> list:
+  async def submit(self, model: "ServedModel", queries: list) -> list:
+    """The answers of `queries`, parsed against `model`, which also answers them."""
     future = asyncio.get_running_loop().create_future()
-    await self.queue.put((queries, future))
+    await self.queue.put((model, queries, future))
     return await future
 
   async def run(self) -> None:
     loop = asyncio.get_running_loop()
     while True:
       pending = [await self.queue.get()]
-      size = len(pending[0][0])
+      size = len(pending[0][1])
       deadline = loop.time() + self.max_wait_s
       while self.enabled and size < self.max_batch:
         try:
           pending.append(await asyncio.wait_for(self.queue.get(), max(deadline - loop.time(), 0)))
         except asyncio.TimeoutError:
           break
-        size += len(pending[-1][0])
-      model = self.server.model  # a reload swaps this reference; this batch keeps its model
-      queries = [q for qs, _ in pending for q in qs]
-      try:
-        answers = await loop.run_in_executor(self.executor, model.recall, queries)
-      except Exception as e:  # noqa: BLE001 (answered as a 500 to these requests only)
-        for _, future in pending:
-          future.set_exception(e)
-        continue
-      for qs, future in pending:
-        future.set_result(answers[:len(qs)])
-        answers = answers[len(qs):]
+        size += len(pending[-1][1])
+      # Each request is answered by the model it was parsed against (a reload swaps
+      # server.model; requests in flight keep theirs): one call per model in the batch.
+      for model in {id(m): m for m, _, _ in pending}.values():
+        group = [(qs, future) for m, qs, future in pending if m is model]
+        try:
+          answers = await loop.run_in_executor(self.executor, model.recall, [q for qs, _ in group for q in qs])
+        except Exception as e:  # noqa: BLE001 (answered as a 500 to these requests only)
+          for _, future in group:
+            if not future.done():  # a cancelled request's future takes no answer
+              future.set_exception(e)
+          continue
+        for qs, future in group:
+          if not future.done():
+            future.set_result(answers[:len(qs)])
+          answers = answers[len(qs):]
 
 
 class Server:
@@ -255,9 +260,15 @@ def build_app(server: Server, batcher: Batcher, limits: dict):
   @app_.post("/v1/recall", openapi_extra={"requestBody": {"required": True, "content": {
       "application/json": {"schema": schema.json_schema()}}}})
   async def recall_endpoint(request: Request):
-    body = await request.body()
-    if len(body) > limits["max_body_bytes"]:
-      return error(413, f"body of {len(body)} bytes is over the limit of {limits['max_body_bytes']}")
+    limit = limits["max_body_bytes"]
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+      return error(413, f"body of {declared} bytes is over the limit of {limit}")
+    body = bytearray()
+    async for chunk in request.stream():  # never more than the limit in memory
+      body += chunk
+      if len(body) > limit:
+        return error(413, f"body of over {limit} bytes is over the limit of {limit}")
     try:
       data = json.loads(body)
     except ValueError as e:
@@ -279,7 +290,7 @@ def build_app(server: Server, batcher: Batcher, limits: dict):
       queries = [model.parse(r.model_dump(), limits["max_top_n"]) for r in requests]
     except InputError as e:
       return error(400, str(e))
-    answers = await batcher.submit(queries)
+    answers = await batcher.submit(model, queries)
     return answers[0] if single else answers
 
   @app_.post("/admin/reload")
@@ -351,7 +362,6 @@ def main(argv) -> None:
     worker.cancel()
 
   async def serve():
-    holder["server"] = Server(load)
     holder["batcher"] = Batcher(holder["server"], FLAGS.max_batch, FLAGS.max_wait_ms / 1000, FLAGS.batching)
     limits = {k: FLAGS[k].value for k in ("max_top_n", "max_body_bytes", "max_requests", "remote_admin")}
     app_ = build_app(holder["server"], holder["batcher"], limits)
@@ -359,6 +369,7 @@ def main(argv) -> None:
     config = uvicorn.Config(app_, log_level="warning", access_log=False, timeout_graceful_shutdown=30)
     await uvicorn.Server(config).serve(sockets=[sock])
 
+  holder["server"] = Server(load)  # loads and compiles; a SIGTERM meanwhile ends the process
   # uvicorn drains on SIGTERM, then re-raises it to the handler it found: a no-op here, so a
   # drained server exits 0.
   signal.signal(signal.SIGTERM, lambda signum, frame: None)

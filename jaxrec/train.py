@@ -116,7 +116,9 @@ class Trainer:
     def init(rng, base):
       adapt = None if base is None else functools.partial(warm_start.graft, base=base)
       return step_lib.init_state(self.model, self.tx, rng, self.config.sparse_embedding_updates, adapt)
-    return jax.jit(init, out_shardings=self.replicated)(jax.random.key(self.config.seed), self.base_params)
+    # The base was restored onto one device; the init runs on the whole mesh.
+    base = None if self.base_params is None else jax.device_put(jax.device_get(self.base_params), self.replicated)
+    return jax.jit(init, out_shardings=self.replicated)(jax.random.key(self.config.seed), base)
 
   def abstract_state(self):
     shapes = jax.eval_shape(lambda: self.init_state())

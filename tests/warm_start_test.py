@@ -136,3 +136,23 @@ def test_warm_started_run_records_new_items_and_resumes_bit_identically_after_si
   assert cli(*day2, f"--workdir={killed}", "--mode=export").returncode == 0
   with np.load(os.path.join(killed, "embeddings.npz")) as npz:
     np.testing.assert_array_equal(npz["item_ids"], item_ids[1:])
+
+
+def test_a_warm_start_whose_log_lacks_old_items_keeps_them_and_reruns(tmp_path):
+  day1 = str(tmp_path / "day1")
+  assert cli(*TINY, "--num_epochs=1", "--synthetic_items=80", f"--workdir={day1}").returncode == 0
+  log = click_log.synthetic_click_log(300, 100, seed=0)
+  gone = {f"i{k}" for k in range(5)}  # clicked on day 1, not on day 2
+  path = tmp_path / "day2.txt"
+  with open(path, "w") as f:
+    for u in range(log.num_users):
+      items = [i for i in log.item_ids[log.items[log.indptr[u]:log.indptr[u + 1]]] if i not in gone]
+      if items:
+        f.write(" ".join([log.user_ids[u], *items]) + "\n")
+  day2 = [*TINY[1:], "--num_epochs=1", f"--data_path={path}", f"--workdir={tmp_path}/day2", f"--init_from={day1}",
+          "--init_checkpoints=latest"]
+  assert cli(*day2).returncode == 0
+  with np.load(os.path.join(day1, "vocab.npz")) as old, np.load(tmp_path / "day2" / "vocab.npz") as new:
+    assert gone <= set(old["item_ids"].tolist()) and gone <= set(new["item_ids"].tolist())  # kept
+  rerun = cli(*day2)  # the same command again: it resumes (nothing left to train), not refused
+  assert rerun.returncode == 0, rerun.stderr

@@ -1,25 +1,34 @@
 """jaxrec: self-attention sequence recall (seq2seq u2i) in JAX/Flax.
 
-Modules, imports flowing downward only (`main` is the only one that reads flags):
+Modules, imports flowing downward only (`main` and `serve` are the only ones that read flags):
 
-  main            command line: flags -> configs -> train / eval / export
+  main            command line: flags -> configs -> train / eval / export / export_model / inspect
+  serve           HTTP recall for fresh click sequences: micro-batching, hot reload (FastAPI, uvicorn)
+  recall          top-N unvisited items per user with faiss, the recall CLI (no JAX)
   train           Trainer (mesh, jitted step, checkpoint managers), the epoch loop, validation,
-                  early stopping, preemption, the metrics log
-  export          user + item vectors with raw ids to one .npz
+                  early stopping, preemption
+  saves           checkpoint saves watched for failures (background ones too) and a removed workdir
+  run_log         metrics.jsonl / TensorBoard rows and the validation progress of a run
+  warm_start      --init_from: yesterday's vocabulary and tables grown to today's log
+  export          user + item vectors with raw ids and metadata to one .npz
+  model_export    the portable artifact: jax.export user tower (and ONNX), item vectors, vocabulary
   evaluate        user vectors in length blocks, full-ranking metrics
   step            LossConfig, OptimizerConfig, TrainState, loss_fn, the dense and row-sparse steps
   input_pipeline  typed Batch, BatchPlan (buckets, length split, slots, sampler, epoch order),
-                  inference inputs, CSR helpers
-  checkpoints     Orbax managers, model_config.json, restore
+                  prefetch, inference inputs, CSR helpers
+  checkpoints     Orbax managers, model_config.json, train_config.json, checkpoint selection
   model           Seq2Seq: item + position embeddings, encoder layers, output table
   attention       multi-head scaled dot-product attention (pure)
   masks           padding x subsequent mask -> -10000 bias (pure)
   loss            in-batch ("lbm") softmax with logQ, the full softmax (pure)
   metrics         ranks of targets, HR / NDCG / MRR (pure numpy)
-  click_log       readers (note, sequences, pairs, csv), the synthetic log, vocab, leave-one-out
-  recall          top-N unvisited items per user with faiss, the recall CLI (no JAX)
+  holdout         which clicks train, validate and test: leave-one-out, time split, none
+  vocab           the workdir's vocabulary: save, load, map a log onto it, fingerprint
+  click_log       readers (note, sequences, pairs, csv, parquet), the synthetic log, describe
+  arrow_log       CSV, pairs and Parquet through Apache Arrow, ids by dictionary encoding
   embeddings      the exported .npz: load and validate (no JAX)
-  errors, fileio, console   exit codes, atomic writes, progress lines
+  recall_lists    recall lists to TSV or Parquet, chunk by chunk, atomically (no JAX)
+  errors, fileio, console   exit codes and one-line errors, atomic writes, progress lines
 
 Importing the package is cheap on purpose: `jaxrec.recall` must run without JAX.
 """

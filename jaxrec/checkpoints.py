@@ -75,7 +75,8 @@ def check_same_model(workdir: str, config: ModelConfig) -> None:
 
 
 _SHAPE_FIELDS = ("num_items", "seq_length", "hidden_size", "num_attention_heads", "num_hidden_layers",
-                 "feed_forward_size", "share_embeddings", "position_order", "embedding_layer_norm")
+                 "feed_forward_size", "share_embeddings", "position_order", "embedding_layer_norm",
+                 "encoder")
 
 
 def restore_params(mgr, step: int):

@@ -52,6 +52,11 @@ flags.DEFINE_float("attention_dropout_rate", 0.0, "Dropout on attention probabil
 flags.DEFINE_bool("share_embeddings", False, "Tie outputs_embedding to item_embeddings.")
 flags.DEFINE_bool("embedding_layer_norm", False, "LayerNorm on item + position embeddings before the "
                   "first layer (as BERT and S3Rec-style SASRec code).")
+flags.DEFINE_enum("encoder", "spec", ["spec", "bsarec"],
+                  "spec: self-attention layers (SPEC); bsarec: each layer mixes self-attention with a causal "
+                  "low-pass filter branch, BSARec's frequency-domain inductive bias made causal (filters.py).")
+flags.DEFINE_float("bsarec_alpha", 0.5, "--encoder=bsarec: weight of the filter branch (1 - alpha: attention).",
+                   lower_bound=0, upper_bound=1)
 flags.DEFINE_enum("position_order", "forward", ["forward", "backward"],
                   "forward: first real item has position 0; backward: the most recent has 0.")
 # Training.
@@ -245,7 +250,8 @@ def model_config(num_items: int):
                      attention_dropout_rate=FLAGS.attention_dropout_rate,
                      feed_forward_size=FLAGS.feed_forward_size,
                      share_embeddings=FLAGS.share_embeddings, position_order=FLAGS.position_order,
-                     embedding_layer_norm=FLAGS.embedding_layer_norm)
+                     embedding_layer_norm=FLAGS.embedding_layer_norm, encoder=FLAGS.encoder,
+                     bsarec_alpha=FLAGS.bsarec_alpha)
 
 
 def train_config(num_items: int):
@@ -285,13 +291,15 @@ def prepare_workdir(workdir: str) -> None:
 
 # Flags that define the trained model and how it was trained: a resumed run must keep them
 # (train_config.json). Data location, logging and checkpoint cadence may change.
-TRAIN_FLAGS = ("seq_length", "hidden_size", "num_attention_heads", "num_hidden_layers", "feed_forward_size",
-               "dropout_rate", "attention_dropout_rate", "share_embeddings", "embedding_layer_norm",
-               "position_order", "batch_size", "num_epochs", "learning_rate", "lr_schedule", "warmup_steps",
-               "weight_decay", "grad_clip_norm", "loss", "remove_accidental_hits", "num_negatives",
+TRAIN_FLAGS = ("seq_length", "hidden_size", "num_attention_heads", "num_hidden_layers",
+               "feed_forward_size", "dropout_rate", "attention_dropout_rate", "share_embeddings",
+               "embedding_layer_norm", "position_order", "encoder", "bsarec_alpha", "batch_size",
+               "num_epochs", "learning_rate", "lr_schedule", "warmup_steps", "weight_decay",
+               "grad_clip_norm", "loss", "remove_accidental_hits", "num_negatives",
                "negative_distribution", "log_q", "label_smoothing", "sparse_embedding_updates",
-               "short_length", "bucket_lengths", "seed", "eval_every_epochs", "eval_ks", "patience",
-               "select_metric", "holdout", "split", "valid_from", "test_from", "init_from", "init_checkpoints")
+               "short_length", "bucket_lengths", "seed", "eval_every_epochs", "eval_ks",
+               "patience", "select_metric", "holdout", "split", "valid_from", "test_from",
+               "init_from", "init_checkpoints")
 
 
 def source() -> str:

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrec import attention
+from jaxrec import filters
 from jaxrec import masks
 
 
@@ -28,6 +29,8 @@ class ModelConfig:
   share_embeddings: bool = False  # outputs_embedding tied to item_embeddings
   position_order: str = "forward"  # forward: first real item is 0; backward: most recent is 0
   embedding_layer_norm: bool = False  # LayerNorm on item + position before dropout (BERT, S3Rec)
+  encoder: str = "spec"  # spec: self-attention (SPEC 3); bsarec: mixed with a causal low-pass filter
+  bsarec_alpha: float = 0.5  # bsarec: share of the filter branch, 1 - alpha of self-attention
   initializer_range: float = 0.02
   layer_norm_epsilon: float = 1e-12
 
@@ -35,6 +38,8 @@ class ModelConfig:
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
                        f"num_attention_heads {self.num_attention_heads}")
+    if self.encoder not in ("spec", "bsarec"):
+      raise ValueError(f"encoder must be spec or bsarec, not {self.encoder!r}")
     if self.position_order not in ("forward", "backward"):
       raise ValueError(f"position_order must be forward or backward, not {self.position_order!r}")
 
@@ -61,12 +66,21 @@ class EncoderLayer(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, bias_Bx1xLxL, deterministic: bool, last_only: bool = False):
-    """[B, L, D], or [B, 1, D] for the last position only with `last_only` (user vectors)."""
+  def __call__(self, x_BxLxD, bias_Bx1xLxL, deterministic: bool, last_only: bool = False, real_BxL=None):
+    """[B, L, D], or [B, 1, D] for the last position only with `last_only` (user vectors).
+
+    With encoder="bsarec" (needs `real_BxL`, the real positions), the attention branch is
+    mixed with a causal low-pass filter branch as BSARec mixes its frequency filter:
+    alpha * LayerNorm(low + beta^2 (x - low) + x) + (1 - alpha) * attention branch.
+    """
     c = self.config
     init = nn.initializers.normal(c.initializer_range)
     dense = lambda size, name: nn.Dense(size, kernel_init=init, name=name)
     k, v = (dense(c.hidden_size, name)(x_BxLxD) for name in ("key", "value"))
+    if c.encoder == "bsarec":
+      gamma_D = nn.sigmoid(self.param("filter_decay", nn.initializers.zeros, (c.hidden_size,)))
+      beta_D = self.param("filter_beta", nn.initializers.ones, (c.hidden_size,))
+      low_BxLxD = filters.causal_lowpass(x_BxLxD, real_BxL, gamma_D)
     if last_only:  # keys and values still cover every position; queries only the last
       x_BxLxD, bias_Bx1xLxL = x_BxLxD[:, -1:], bias_Bx1xLxL[:, :, -1:]
     q = dense(c.hidden_size, "query")(x_BxLxD)
@@ -76,7 +90,16 @@ class EncoderLayer(nn.Module):
         q, k, v, bias_Bx1xLxL, c.num_attention_heads, c.attention_dropout_rate, rng)
     h_BxLxD = dense(c.hidden_size, "attention_output")(context_BxLxD)
     h_BxLxD = nn.Dropout(c.hidden_dropout_rate)(h_BxLxD, deterministic)
-    x_BxLxD = nn.LayerNorm(c.layer_norm_epsilon, name="attention_norm")(h_BxLxD + x_BxLxD)
+    attended_BxLxD = nn.LayerNorm(c.layer_norm_epsilon, name="attention_norm")(h_BxLxD + x_BxLxD)
+    if c.encoder == "bsarec":
+      low_BxLxD = low_BxLxD[:, -x_BxLxD.shape[1]:]
+      high_BxLxD = x_BxLxD - low_BxLxD
+      f_BxLxD = nn.Dropout(c.hidden_dropout_rate)(low_BxLxD + beta_D[None, None, :] ** 2 * high_BxLxD,
+                                                  deterministic)
+      filtered_BxLxD = nn.LayerNorm(c.layer_norm_epsilon, name="filter_norm")(f_BxLxD + x_BxLxD)
+      x_BxLxD = c.bsarec_alpha * filtered_BxLxD + (1.0 - c.bsarec_alpha) * attended_BxLxD
+    else:
+      x_BxLxD = attended_BxLxD
     if c.feed_forward_size:
       f_BxLxF = nn.gelu(dense(c.feed_forward_size, "feed_forward_in")(x_BxLxD))
       f_BxLxD = dense(c.hidden_size, "feed_forward_out")(f_BxLxF)
@@ -112,7 +135,8 @@ class Seq2Seq(nn.Module):
     x_BxLxD = self.embed(input_ids_BxL, deterministic, item_vectors_BxLxD)
     bias_Bx1xLxL = masks.attention_bias(input_ids_BxL)
     for i, layer in enumerate(self.layers):
-      x_BxLxD = layer(x_BxLxD, bias_Bx1xLxL, deterministic, last_only and i == len(self.layers) - 1)
+      x_BxLxD = layer(x_BxLxD, bias_Bx1xLxL, deterministic, last_only and i == len(self.layers) - 1,
+                      input_ids_BxL != 0)
     return x_BxLxD
 
   def embed(self, input_ids_BxL, deterministic: bool, item_vectors_BxLxD=None) -> jnp.ndarray:

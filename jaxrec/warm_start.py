@@ -23,7 +23,7 @@ from jaxrec.model import ModelConfig
 
 # Model fields that fix parameter shapes or their meaning; named as main's flags.
 SHAPE_FIELDS = ("seq_length", "hidden_size", "num_attention_heads", "num_hidden_layers", "feed_forward_size",
-                "share_embeddings", "embedding_layer_norm", "position_order")
+                "share_embeddings", "embedding_layer_norm", "position_order", "encoder")
 TABLES = ("item_embeddings", "outputs_embedding")
 
 

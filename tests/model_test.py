@@ -30,7 +30,10 @@ CONFIGS = (
                 feed_forward_size=8, share_embeddings=True, position_order="backward"),
     ModelConfig(num_items=NUM_ITEMS, seq_length=LENGTH, hidden_size=8, num_attention_heads=2,
                 feed_forward_size=8, share_embeddings=True, embedding_layer_norm=True),
+    ModelConfig(num_items=NUM_ITEMS, seq_length=LENGTH, hidden_size=8, num_attention_heads=2,
+                feed_forward_size=8, encoder="bsarec", bsarec_alpha=0.7),
 )
+CONFIG_IDS = ("spec", "ffn_shared_backward", "embedding_norm", "bsarec")
 
 
 @functools.lru_cache(maxsize=None)
@@ -151,6 +154,13 @@ def naive_encode(config: ModelConfig, params, ids_BxL):
             context[cols] += w / sum(weights) * v[s][cols]
         y = _layer_norm(dense("attention_output", context) + x[t], lp["attention_norm"]["scale"],
                         lp["attention_norm"]["bias"], config.layer_norm_epsilon)
+        if config.encoder == "bsarec":  # a causal moving average over the real positions <= t
+          gamma = 1.0 / (1.0 + np.exp(-lp["filter_decay"]))
+          low = sum((1 - gamma) * gamma ** (t - s) * x[s] for s in real if s <= t)
+          f = low + lp["filter_beta"] ** 2 * (x[t] - low)
+          filtered = _layer_norm(f + x[t], lp["filter_norm"]["scale"], lp["filter_norm"]["bias"],
+                                 config.layer_norm_epsilon)
+          y = config.bsarec_alpha * filtered + (1 - config.bsarec_alpha) * y
         if config.feed_forward_size:
           f = dense("feed_forward_out", _gelu_tanh(dense("feed_forward_in", y)))
           y = _layer_norm(f + y, lp["feed_forward_norm"]["scale"], lp["feed_forward_norm"]["bias"],
@@ -258,7 +268,7 @@ def test_gradient_of_outputs_up_to_t_ignores_later_item_rows(case, data):
                                      lambda c, *args: jitted_item_grad(c)(*args))
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=("spec", "ffn_shared_backward", "embedding_norm"))
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
 def test_reference_and_causality_hold_without_jit(config):
   """The same checks op by op (jax.disable_jit), on one fixed case per config: compiling
   every primitive for eager mode is what costs time here."""

@@ -178,15 +178,11 @@ def _seconds(column, where) -> np.ndarray:
     stamps = pc.cast(pc.utf8_rtrim(text, characters="Z"), pa.timestamp("us"), safe=False)
     return pc.cast(stamps, pa.int64()).to_numpy() / 1e6
   except pa.ArrowInvalid:  # forms Arrow does not parse (offsets, say): numpy's, or the row that fails
-    from jaxrec.click_log import to_seconds
+    from jaxrec.click_log import first_bad_time, to_seconds
     values = np.asarray(text.to_pylist())
     try:
       return to_seconds(values)
     except ValueError:
-      for row, value in enumerate(values):
-        try:
-          to_seconds(np.array([value]))
-        except ValueError:
-          raise InputError(f"{where(row)}: timestamp {value!r} is not a number or an ISO-8601 "
-                           "date/time") from None
-      raise
+      row = first_bad_time(values)
+      raise InputError(f"{where(row)}: timestamp {values[row]!r} is not a number or an ISO-8601 "
+                       "date/time") from None

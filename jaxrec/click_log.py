@@ -253,17 +253,23 @@ def to_seconds(values: np.ndarray) -> np.ndarray:
     return text.astype("datetime64[ms]").astype(np.int64) / 1000.0
 
 
+def first_bad_time(values: np.ndarray) -> int:
+  """The index of the first of `values` that to_seconds refuses (after it refused them all)."""
+  for i, value in enumerate(values):
+    try:
+      to_seconds(np.array([value]))
+    except ValueError:
+      return i
+  raise ValueError("every timestamp reads alone but not together")
+
+
 def _to_times(path, values, lines) -> np.ndarray:
   try:
     return to_seconds(values)
   except ValueError:
-    for value, line in zip(values, lines):
-      try:
-        to_seconds(np.array([value]))
-      except ValueError:
-        raise InputError(f"{path}:{line + 1}: timestamp {value.decode(errors='replace')!r} "
-                         "is not a number or an ISO-8601 date/time") from None
-    raise
+    bad = first_bad_time(values)
+    raise InputError(f"{path}:{lines[bad] + 1}: timestamp {values[bad].decode(errors='replace')!r} "
+                     "is not a number or an ISO-8601 date/time") from None
 
 
 def _parse_csv(path: str, raw: bytes, user_col: str, item_col: str, time_col: str):

@@ -54,14 +54,20 @@ class MetricsLog:
   def close(self):
     if self.writer:
       writer, self.writer = self.writer, None
-      file_writers = list(getattr(writer, "all_writers", {}).values())
+      event_writers = [w.event_writer for w in getattr(writer, "all_writers", {}).values()]
       try:
         writer.close()
       finally:
-        # tensorboardX closes its writers again at exit: after a failed close that would
-        # print a traceback once the run has reported the failure.
-        for file_writer in file_writers:
-          file_writer.event_writer.close = lambda: None
+        for event_writer in event_writers:
+          if not getattr(event_writer, "_closed", True):  # its close failed part-way (full disk)
+            # Stop its worker thread now: left running, the interpreter's exit closes the
+            # queue under it and the thread prints a traceback after the run has reported
+            # the failure. Marked closed, tensorboardX's exit hook does not retry the flush.
+            with contextlib.suppress(Exception):
+              event_writer._worker.stop()
+              event_writer._event_queue.close()
+              event_writer._event_queue.join_thread()
+            event_writer._closed = True
 
 
 @dataclasses.dataclass

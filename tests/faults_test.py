@@ -176,3 +176,23 @@ def test_a_write_that_raises_keeps_the_last_checkpoint(tmp_path):
   reference = str(tmp_path / "ref")
   assert run(*FLAGS, "--eval_every_epochs=1", "--num_epochs=3", f"--workdir={reference}").returncode == 0
   assert_same(params(workdir), params(reference))
+
+
+def test_metrics_log_close_on_a_full_disk_stops_tensorboards_thread(tmp_path):
+  """A close that fails (the event file cannot be flushed) still stops tensorboardX's
+  worker thread: left running, the interpreter's exit pulls its queue away and the thread
+  prints a traceback after the run has reported the failure on one line."""
+  import threading
+
+  from jaxrec.run_log import MetricsLog
+  with mounted(tmp_path / "disk", "-t", "tmpfs", "-o", "size=1m", "tmpfs") as disk:
+    before = set(threading.enumerate())
+    log = MetricsLog(disk, enabled=True)
+    log.scalars(0, {"loss": 1.0})
+    time.sleep(0.5)  # the worker writes the event into the file's buffer
+    fill(disk, leave_kib=0)
+    log.scalars(1, {"loss": 1.0})
+    time.sleep(0.5)  # ... and this one, which cannot be flushed
+    with pytest.raises(OSError):
+      log.close()
+    assert set(threading.enumerate()) <= before

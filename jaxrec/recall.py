@@ -8,8 +8,9 @@ JAX or the model.
 Output: one line per user, `user<TAB>item1,item2,...` (raw ids, best first), or
 `item:score` pairs with --with_scores. With --num_shards=n --shard_index=s a run
 handles the contiguous users [s*U//n, (s+1)*U//n); concatenating the shard
-outputs in shard order gives the unsharded output wherever the BLAS scores a
-pair alike in any batch (faiss's OpenBLAS does).
+outputs in shard order gives the unsharded output: the listed scores are
+recomputed per (user, item) pair in one fixed order (`_rescored`), as faiss's
+sgemm rounds a pair differently with the shape of the batch it is in.
 
 Exactness (flat index; the users an approximate index leaves short after a
 second, larger search are searched exactly). A list holds the top-N unvisited
@@ -21,8 +22,7 @@ unvisited s - tol_u, and each float32 score is within tol_u of its s. Ranking by
 any float32 evaluation of u.v meets this (each is within about
 D * 2^-24 * sum_k |u_k v_jk| of s). The same input on the same machine gives the
 same output: exact float32 ties go by item index ascending, faiss keeps each
-query's top k on one thread, and sgemm splits the score matrix, not the sums,
-over threads.
+query's top k on one thread, and the listed scores do not depend on the batch.
 
 Shapes: U users, I items, D embedding size, B users in a search batch, K
 candidates per user, N = top_n.
@@ -180,7 +180,22 @@ def _is_in(keys, sorted_keys):
   return found.reshape(keys.shape)
 
 
-def _recall_batch(index, exact_index, user_BxD, indptr, indices, top_n):
+def _rescored(user_BxD, item_IxD, items_BxN, scores_BxN):
+  """The lists re-scored in float32 per (user, item) pair, each a product then numpy's
+  pairwise sum over D, so a pair scores alike in any batch, shard or server call, and
+  re-sorted by those scores (then item index). Only items within float32 rounding of
+  each other can change places."""
+  out = np.empty_like(scores_BxN)
+  rows = max(1, (1 << 22) // max(1, items_BxN.shape[1] * item_IxD.shape[1]))  # ~16 MiB of products
+  for lo in range(0, len(items_BxN), rows):
+    items = items_BxN[lo:lo + rows]
+    products_BxNxD = user_BxD[lo:lo + rows, None, :] * item_IxD[np.maximum(items, 0)]
+    out[lo:lo + rows] = np.where(items >= 0, products_BxNxD.sum(axis=-1), -np.inf)
+  scores, items = _by_score_then_id(out, items_BxN)
+  return items, scores
+
+
+def _recall_batch(index, exact_index, user_BxD, indptr, indices, top_n, item_IxD):
   """Top-n unvisited items for one batch of users: (items [B, N], scores [B, N]).
 
   `indptr` [B+1] and `indices` are the batch's visits. Users left short are
@@ -215,20 +230,21 @@ def _recall_batch(index, exact_index, user_BxD, indptr, indices, top_n):
         filled_BxN, np.take_along_axis(scores_BxK[done_B], cols_BxN, axis=1), -np.inf)
     pending = pending[~done_B]
     if not pending.size:
-      return items_BxN, scores_BxN
+      return _rescored(user_BxD, item_IxD, items_BxN, scores_BxN)
     if exact_index and (search == 1 or k == num_items):  # The approximate index ran dry.
       index, exact_index = exact_index(), None
     k = min(num_items, max(2 * k, int(need_B[pending].max())))
 
 
-def search(index: faiss.Index, user_BxD: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
-           top_n: int, exact_index=None):
-  """`recall_top_n` for one batch over a built index, quietly (serving calls it per batch):
-  (items [B, N], scores [B, N]). `exact_index()` gives the flat index an approximate one
-  falls back to."""
+def search(index: faiss.Index, item_emb: np.ndarray, user_BxD: np.ndarray, indptr: np.ndarray,
+           indices: np.ndarray, top_n: int, exact_index=None):
+  """`recall_top_n` for one batch over a built index of `item_emb`, quietly (serving calls
+  it per batch): (items [B, N], scores [B, N]). `exact_index()` gives the flat index an
+  approximate one falls back to."""
   with _flat_search_settings():
     return _recall_batch(index, exact_index, np.ascontiguousarray(user_BxD, np.float32),
-                         np.asarray(indptr, np.int64), np.asarray(indices, np.int64), top_n)
+                         np.asarray(indptr, np.int64), np.asarray(indices, np.int64), top_n,
+                         np.ascontiguousarray(item_emb, np.float32))
 
 
 def recall_top_n(user_emb: np.ndarray, item_emb: np.ndarray,
@@ -291,7 +307,7 @@ def recall_top_n(user_emb: np.ndarray, item_emb: np.ndarray,
       indptr = visited_indptr[lo:hi + 1] - visited_indptr[lo]
       indices = visited_indices[visited_indptr[lo]:visited_indptr[hi]]
       items_UxN[lo:hi], scores_UxN[lo:hi] = _recall_batch(
-          faiss_index, exact_index, user_emb[lo:hi], indptr, indices, top_n)
+          faiss_index, exact_index, user_emb[lo:hi], indptr, indices, top_n, item_emb)
       now = time.perf_counter()
       if now - last_log >= log_every_s and hi < num_users:
         console.info("%s: %d/%d users, %.0f users/s", PROG, hi, num_users,

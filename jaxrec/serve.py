@@ -150,8 +150,8 @@ class ServedModel:
               for i in encoded]
     indptr = np.concatenate([[0], np.cumsum([len(v) for v in visits])])
     top_n = max(queries[i].top_n for i in encoded)
-    items_BxN, scores_BxN = self._search(self.index, user_BxD, indptr, np.concatenate(visits), top_n,
-                                         self.exact_index)
+    items_BxN, scores_BxN = self._search(self.index, self.item_emb, user_BxD, indptr, np.concatenate(visits),
+                                         top_n, self.exact_index)
     for r, i in enumerate(encoded):
       n = queries[i].top_n
       keep = items_BxN[r, :n] >= 0

@@ -109,7 +109,11 @@ class Batch:
   slots [G, C] (--loss=full): per device group of B / G rows, the flat indices (row * L +
     position, within the group) of its real slots, then -1;
   order [B], short_ids [B - C, S], long_ids [C, L] (--short_length): the rows shortest
-    first, split into a group run at length S and the C longest run at L.
+    first, split into a group run at length S and the C longest run at L;
+  packed_ids [G * P, L], segments [G * P, L], unpack [G, B / G * L] (layout packed): the
+    users of each device group packed P rows to a group (`pack`);
+  loss_rows (in-batch losses at real slots): per loss level after the first, [G, C_k] the
+    rows of each group long enough to have real slots in it (`level_rows`).
   """
   input_ids: np.ndarray
   label: np.ndarray
@@ -119,6 +123,10 @@ class Batch:
   order: np.ndarray | None = None
   short_ids: np.ndarray | None = None
   long_ids: np.ndarray | None = None
+  packed_ids: np.ndarray | None = None
+  segments: np.ndarray | None = None
+  unpack: np.ndarray | None = None
+  loss_rows: tuple | None = None
 
 
 def train_batch(split: Split, sampler: PopularitySampler, users: np.ndarray, batch_size: int,
@@ -179,38 +187,203 @@ def split_by_length(batch: Batch, short_length: int, long_rows: int) -> Batch:
                        long_ids=ids[order[rows - long_rows:]])
 
 
+def first_fit(lengths_R: np.ndarray, width: int) -> tuple:
+  """First-fit decreasing of segments of `lengths_R` (each <= width) into rows of `width`.
+
+  Returns (row [R], offset [R], segment [R], rows used): row and first slot of each
+  segment, and its number within its row (1, 2, ...); segments of length 0 get row -1.
+  """
+  count = len(lengths_R)
+  row, offset, segment = np.full(count, -1), np.zeros(count, np.int64), np.zeros(count, np.int64)
+  free, used = [], []  # per packed row: free slots, segments placed
+  for r in np.argsort(-lengths_R, kind="stable"):
+    n = int(lengths_R[r])
+    if n == 0:
+      break  # sorted longest first: the rest are empty too
+    target = next((i for i, f in enumerate(free) if f >= n), len(free))
+    if target == len(free):
+      free.append(width)
+      used.append(0)
+    row[r], offset[r] = target, width - free[target]
+    free[target] -= n
+    used[target] += 1
+    segment[r] = used[target]
+  return row, offset, segment, len(free)
+
+
+def pack(input_ids_BxL: np.ndarray, groups: int, rows_per_group: int):
+  """(packed_ids [G * P, L], segments [G * P, L], unpack [G, B / G * L]), or None if some
+  group's users need more than P = rows_per_group rows.
+
+  Each group of B / G rows (one per device) is packed into its own P rows: each user's
+  real items, in order, as one contiguous segment (numbered 1, 2, ... within its packed
+  row, 0 on padding). unpack[g, b * L + t] is where the plain slot (b, t) of the group
+  went (packed row within the group * L + slot), -1 for its padding slots.
+  """
+  batch, length = input_ids_BxL.shape
+  per_group = batch // groups
+  lengths_B = (input_ids_BxL != PAD).sum(axis=1)
+  packed_ids = np.zeros((groups * rows_per_group, length), np.int32)
+  segments = np.zeros_like(packed_ids)
+  unpack = np.full((groups, per_group * length), -1, np.int32)
+  for g in range(groups):
+    n_R = lengths_B[g * per_group:(g + 1) * per_group]
+    row_R, offset_R, segment_R, used = first_fit(n_R, length)
+    if used > rows_per_group:
+      return None
+    b_T = np.repeat(np.arange(per_group), n_R)  # each real slot's row, and j its index in the row
+    j_T = np.arange(len(b_T)) - np.repeat(np.cumsum(n_R) - n_R, n_R)
+    plain_T, packed_T = length - n_R[b_T] + j_T, offset_R[b_T] + j_T
+    packed_ids[g * rows_per_group + row_R[b_T], packed_T] = input_ids_BxL[g * per_group + b_T, plain_T]
+    segments[g * rows_per_group + row_R[b_T], packed_T] = segment_R[b_T]
+    unpack[g, b_T * length + plain_T] = row_R[b_T] * length + packed_T
+  return packed_ids, segments, unpack
+
+
+# Loss levels, counted back from the last position: level k holds the positions
+# L - ends[k] .. L - ends[k - 1] - 1 and is scored only for rows longer than ends[k - 1].
+LEVEL_LENGTHS = (8, 16, 32, 64, 128, 256, 512)
+
+
+def level_ends(length: int) -> tuple:
+  return padded_lengths(length, LEVEL_LENGTHS)
+
+
+def level_counts(lengths_GxR: np.ndarray, length: int) -> np.ndarray:
+  """[G, K - 1]: the rows of each group longer than the start of each level after the first."""
+  starts = np.asarray(level_ends(length)[:-1])
+  return (lengths_GxR[:, :, None] > starts[None, None, :]).sum(axis=1)
+
+
+def level_rows(input_ids_BxL: np.ndarray, row_mask_B: np.ndarray, groups: int, capacities: tuple):
+  """Per level after the first, [G, C_k] int32: the rows (within their group of B / G) with
+  real slots in the level, then -1; None if a level has more than its capacity C_k."""
+  lengths_GxR = (((input_ids_BxL != PAD).sum(axis=1)) * (row_mask_B > 0)).reshape(groups, -1)
+  out = []
+  for start, capacity in zip(level_ends(input_ids_BxL.shape[1])[:-1], capacities):
+    rows = np.full((groups, capacity), -1, np.int32)
+    for g, lengths_R in enumerate(lengths_GxR):
+      index = np.flatnonzero(lengths_R > start)
+      if len(index) > capacity:
+        return None
+      rows[g, :len(index)] = index
+    out.append(rows)
+  return tuple(out)
+
+
+def loss_levels(length: int, loss_rows: tuple | None):
+  """The `levels` argument of loss.in_batch_softmax_loss for a batch's `loss_rows`:
+  (lo, hi, rows) per level; the first level (the last positions) is scored for every row."""
+  if loss_rows is None:
+    return None
+  ends = level_ends(length)
+  levels = [(length - ends[0], length, None)]
+  for start, end, rows in zip(ends[:-1], ends[1:], loss_rows):
+    if rows.shape[1]:
+      levels.append((length - end, length - start, rows))
+  return tuple(levels)
+
+
+def with_slack(n: int) -> int:
+  """A capacity for counts seen up to n: an eighth more, so later epochs rarely exceed it."""
+  return n + -(-n // 8)
+
+
+LAYOUTS = ("auto", "packed", "rows", "plain")
+
+
 class BatchPlan:
   """How the training users of `split` become the batches of every epoch.
 
   Rows of a global batch: batch_size rounded up to a multiple of `num_devices`.
   Users are grouped by input length into `bucket_lengths` (shorter padded lengths; exact,
   as outputs at real positions do not depend on padding, but each batch then draws its
-  in-batch negatives from one bucket). With `short_length`, each batch's shorter rows run
-  at that length and its `long_rows` longest at seq_length. With `real_slots` (the full
-  softmax), each batch lists its real slots per device.
+  in-batch negatives from one bucket). With `real_slots` (the full softmax), each batch
+  lists its real slots per device.
+
+  `layout` says how the encoder and the in-batch loss see a batch; every layout gives
+  the same loss and gradients up to float32 rounding:
+  - plain: the SPEC's literal batch, one user per row at the padded length, the lbm
+    logits at every slot;
+  - rows: one user per row (its `long_rows` longest at seq_length and the others at
+    `short_length` when that is set), the lbm logits only at real slots (`loss_rows`);
+  - packed: the users of each device group packed into `pack_rows` rows per group
+    (`pack`), the logits only at real slots;
+  - auto: packed where packing at least halves the encoder's rows (measured on the
+    first epoch's batches) and `packable` (no short_length, an encoder without a
+    sequence filter), else rows.
+  Capacities (packed rows, rows per loss level) are the most the first epoch needs plus
+  an eighth, per padded length, so the step compiles once per shape; a later batch that
+  needs more runs unpacked, or with the logits at every slot (one more shape each).
   """
 
   def __init__(self, split: Split, batch_size: int, seq_length: int, seed: int, num_devices: int = 1,
-               bucket_lengths: tuple = (), short_length: int = 0, real_slots: bool = False):
+               bucket_lengths: tuple = (), short_length: int = 0, real_slots: bool = False,
+               layout: str = "auto", packable: bool = True):
+    if layout not in LAYOUTS:
+      raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+    if short_length and layout in ("packed", "plain"):
+      raise ValueError(f"short_length splits rows: it needs layout rows or auto, not {layout}")
     self.split, self.batch_size, self.seed = split, batch_size, seed
     self.num_devices, self.short_length, self.real_slots = num_devices, short_length, real_slots
     self.train_users = split.train_users
     self.rows = round_up(batch_size, num_devices)
     self.bucket_lengths = padded_lengths(seq_length, bucket_lengths)
-    input_lengths = np.minimum(split.train_end[self.train_users] - split.log.indptr[self.train_users] - 1,
-                               seq_length)
-    self.bucket_U = bucket_of(input_lengths, self.bucket_lengths)
+    self.input_lengths = np.minimum(split.train_end[self.train_users] - split.log.indptr[self.train_users] - 1,
+                                    seq_length)
+    self.bucket_U = bucket_of(self.input_lengths, self.bucket_lengths)
     counts = np.bincount(self.bucket_U, minlength=len(self.bucket_lengths))
     self.steps_per_epoch = int(sum(-(-c // batch_size) for c in counts))
     self.long_rows = 0
     if short_length:
       # Room for the rows longer than short_length in nearly every batch (mean + 4 sd);
       # a batch with more runs its short group at full length instead.
-      p = float(np.mean(input_lengths > short_length))
+      p = float(np.mean(self.input_lengths > short_length))
       expected = batch_size * p + 4 * np.sqrt(batch_size * p * (1 - p)) + 1
       self.long_rows = int(min(self.rows - num_devices, round_up(int(np.ceil(expected)), num_devices)))
     self.sampler = PopularitySampler(split.item_counts())
     self._order = (None, None)  # (epoch, its batches' rows): one epoch's order is kept
+    self.pack_rows, self.level_capacity = {}, {}  # padded length -> capacity
+    self.packed_share = 1.0  # packed rows / plain rows over the first epoch
+    if layout != "plain":
+      self._plan_capacities(pack=layout in ("packed", "auto") and not self.long_rows)
+    self.packed = layout == "packed" or (layout == "auto" and packable and not self.long_rows
+                                         and self.packed_share <= 0.5)
+    self.layout = "packed" if self.packed else ("plain" if layout == "plain" else "rows")
+
+  def _plan_capacities(self, pack: bool) -> None:
+    """Packed rows and loss-level rows per group that the first epoch's batches need."""
+    groups, per_group = self.num_devices, self.rows // self.num_devices
+    packed, plain = 0, 0
+    for index in range(self.steps_per_epoch):
+      rows = self.rows_of(0, index)
+      length = self.bucket_lengths[self.bucket_U[rows[0]]]
+      lengths_GxR = np.zeros(self.rows, np.int64)
+      lengths_GxR[:len(rows)] = self.input_lengths[rows]
+      lengths_GxR = lengths_GxR.reshape(groups, per_group)
+      need = level_counts(lengths_GxR, length).max(axis=0)
+      self.level_capacity[length] = np.maximum(self.level_capacity.get(length, 0), need)
+      if pack:
+        used = max(first_fit(n_R, length)[3] for n_R in lengths_GxR)
+        self.pack_rows[length] = max(self.pack_rows.get(length, 1), used)
+        packed, plain = packed + used * length, plain + per_group * length
+    self.level_capacity = {k: tuple(min(per_group, with_slack(int(n))) for n in v)
+                           for k, v in self.level_capacity.items()}
+    self.pack_rows = {k: min(per_group, with_slack(v)) for k, v in self.pack_rows.items()}
+    if plain:
+      self.packed_share = packed / plain
+
+  def describe(self) -> str:
+    """One line for the log: the layout and its capacities at the longest padded length."""
+    length = max(self.pack_rows) if self.pack_rows else self.bucket_lengths[-1]
+    per_group = self.rows // self.num_devices
+    if self.layout == "packed":
+      return (f"batch layout packed: {per_group} users per device in {self.pack_rows[length]} rows of "
+              f"{length} ({100 * self.packed_share:.0f}% of the rows), lbm logits at real slots")
+    if self.layout == "rows":
+      split = f", rows over {self.short_length} split off" if self.long_rows else ""
+      return f"batch layout rows{split}: one user per row, lbm logits at real slots"
+    return "batch layout plain: one user per row, lbm logits at every slot"
 
   def rows_of(self, epoch: int, index: int) -> np.ndarray:
     """Indices into train_users of batch `index` of `epoch`."""
@@ -227,8 +400,15 @@ class BatchPlan:
                         epoch, index)
     if self.real_slots:
       batch = batch.replace(slots=real_slots(batch.input_ids, batch.row_mask, self.num_devices))
+    elif self.layout != "plain":
+      batch = batch.replace(loss_rows=level_rows(batch.input_ids, batch.row_mask, self.num_devices,
+                                                 self.level_capacity[length]))
     if self.long_rows:
       batch = split_by_length(batch, self.short_length, self.long_rows)
+    elif self.packed:
+      packed = pack(batch.input_ids, self.num_devices, self.pack_rows[length])
+      if packed is not None:
+        batch = batch.replace(packed_ids=packed[0], segments=packed[1], unpack=packed[2])
     return batch, len(rows)
 
   def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Batch, int]]:

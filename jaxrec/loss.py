@@ -9,22 +9,29 @@ import jax.numpy as jnp
 _EXCLUDED = -1e30  # a logit that exp() turns into exactly 0
 
 
-def lbm_logits(seq_out_BxLxD, ids_emb_BxLxD, hot_weight_BxL) -> jnp.ndarray:
-  """[L, B, M]: row b's output at position l against row m's label at l, minus w[m, l]."""
-  logits_LxBxM = jnp.einsum("bld,mld->lbm", seq_out_BxLxD, ids_emb_BxLxD)
-  return logits_LxBxM - jnp.transpose(hot_weight_BxL)[:, None, :]
+def lbm_logits(out_LxBxD, ids_emb_LxMxD, hot_weight_MxL) -> jnp.ndarray:
+  """[L, B, M]: row b's output at position l against row m's label at l, minus w[m, l]:
+  the SPEC's einsum("bld,mld->lbm"), on position-major inputs (any subset of rows b)."""
+  logits_LxBxM = jnp.einsum("lbd,lmd->lbm", out_LxBxD, ids_emb_LxMxD)
+  return logits_LxBxM - jnp.transpose(hot_weight_MxL)[:, None, :]
 
 
 def in_batch_softmax_loss(seq_out_BxLxD, ids_emb_BxLxD, hot_weight_BxL, padding_mask_BxL,
                           row_mask_B=None, label_BxL=None, remove_accidental_hits=False,
                           extra_emb_NxD=None, extra_ids_N=None, extra_log_q_N=None,
-                          pos_log_q_BxL=None) -> jnp.ndarray:
+                          pos_log_q_BxL=None, levels=None) -> jnp.ndarray:
   """Mean over real (row, position) slots of -log softmax(logits)[own label].
 
   `padding_mask_BxL` is 1 where the row has a real input item: only those slots count.
   Padded slots still serve as negatives of the other rows. `row_mask_B` (optional) is
   0 for rows that only pad the batch to a device multiple: they are neither counted
   nor candidates, so the loss equals that of the unpadded batch.
+
+  `levels` computes the logits only where they count: a tuple of (lo, hi, rows_GxC), the
+  positions lo:hi scored only for the rows listed (per group of B / G rows, indices
+  within the group, -1 unused), or for every row where rows_GxC is None. The levels
+  must cover every real slot once (input_pipeline.loss_levels); the candidates are still
+  every row's label at each position. Without `levels`: one level, every row and position.
 
   Extensions (off by default, which is exactly SPEC section 5):
   - `remove_accidental_hits` (needs `label_BxL` and `extra_ids_N` if extras are given):
@@ -37,36 +44,71 @@ def in_batch_softmax_loss(seq_out_BxLxD, ids_emb_BxLxD, hot_weight_BxL, padding_
     log(1 - q_pos); each slot's loss is weighted by 1 - p_pos, p_pos the softmax
     probability of the positive, with no gradient through the weight.
   """
-  logits_LxBxM = lbm_logits(seq_out_BxLxD, ids_emb_BxLxD, hot_weight_BxL)
-  mask_LxB = jnp.transpose(padding_mask_BxL)
-  keep_LxBxM = jnp.ones(logits_LxBxM.shape, bool)
-  if row_mask_B is not None:
-    keep_LxBxM = keep_LxBxM & (row_mask_B[None, None, :] > 0)
-    mask_LxB = mask_LxB * row_mask_B[None, :]
+  rows, length = padding_mask_BxL.shape
+  mask_BxL = padding_mask_BxL if row_mask_B is None else padding_mask_BxL * row_mask_B[:, None]
+  # A candidate row that only pads the batch gets logit -1e30 through its logQ weight.
+  weight_BxL = hot_weight_BxL if row_mask_B is None else jnp.where(row_mask_B[:, None] > 0, hot_weight_BxL,
+                                                                   -_EXCLUDED)
+  # Position-major copies: each level's slices are then contiguous [W, rows, D] blocks.
+  seq_out_LxBxD, ids_emb_LxBxD = (jnp.transpose(x, (1, 0, 2)) for x in (seq_out_BxLxD, ids_emb_BxLxD))
+  total = 0.0
+  for lo, hi, rows_GxC in levels or ((0, length, None),):
+    if rows_GxC is None:
+      rows_C, valid_C = jnp.arange(rows), None
+      take = lambda x_BxL: x_BxL[:, lo:hi]
+      queries_WxCxD, own_emb_WxCxD = seq_out_LxBxD[lo:hi], ids_emb_LxBxD[lo:hi]
+    else:
+      groups, capacity = rows_GxC.shape
+      offset_Gx1 = (jnp.arange(groups) * (rows // groups))[:, None]
+      rows_C = (jnp.maximum(rows_GxC, 0) + offset_Gx1).reshape(groups * capacity)
+      valid_C = (rows_GxC >= 0).reshape(-1)
+      take = lambda x_BxL: x_BxL[rows_C, lo:hi]
+      queries_WxCxD, own_emb_WxCxD = seq_out_LxBxD[lo:hi, rows_C], ids_emb_LxBxD[lo:hi, rows_C]
+    nll_WxC = _slot_nll(
+        queries_WxCxD, rows_C, ids_emb_LxBxD[lo:hi], weight_BxL[:, lo:hi], own_emb_WxCxD, take(hot_weight_BxL),
+        None if label_BxL is None else (take(label_BxL), label_BxL[:, lo:hi]), remove_accidental_hits,
+        extra_emb_NxD, extra_ids_N, extra_log_q_N, None if pos_log_q_BxL is None else take(pos_log_q_BxL))
+    mask_WxC = jnp.transpose(take(mask_BxL))
+    if valid_C is not None:
+      mask_WxC = mask_WxC * valid_C[None, :]
+    total = total + jnp.sum(jnp.where(mask_WxC > 0, nll_WxC, 0.0))
+  return total / jnp.maximum(jnp.sum(mask_BxL), 1.0)
+
+
+def _slot_nll(out_WxCxD, rows_C, ids_emb_WxMxD, weight_MxW, own_emb_WxCxD, own_weight_CxW, labels,
+              remove_accidental_hits, extra_emb_NxD, extra_ids_N, extra_log_q_N, pos_log_q_CxW) -> jnp.ndarray:
+  """[W, C]: the loss of query rows `rows_C` (outputs out_WxCxD) at W positions against the
+  M = B candidates of those positions: the SPEC's einsum("bld,mld->lbm") restricted to
+  those rows and positions, minus each candidate's logQ weight w[m, l] (-1e30 for rows
+  that only pad the batch). own_emb / own_weight: the query rows' own labels and weights;
+  `labels`: (own [C, W], all [M, W]); pos_log_q_CxW: log q of the own labels."""
+  logits_WxCxM = lbm_logits(out_WxCxD, ids_emb_WxMxD, weight_MxW)
+  # The positive: the own column's logit, as a W x C dot rather than a pass over M.
+  pos_WxC = jnp.sum(out_WxCxD * own_emb_WxCxD, axis=-1) - jnp.transpose(own_weight_CxW)
+  own_CxM = None
+  if remove_accidental_hits or pos_log_q_CxW is not None:
+    own_CxM = rows_C[:, None] == jnp.arange(ids_emb_WxMxD.shape[1])[None, :]
   if remove_accidental_hits:
-    label_LxB = jnp.transpose(label_BxL)
-    same_LxBxM = label_LxB[:, :, None] == label_LxB[:, None, :]
-    keep_LxBxM = keep_LxBxM & (~same_LxBxM | jnp.eye(label_LxB.shape[1], dtype=bool)[None])
-  logits_LxBxM = jnp.where(keep_LxBxM, logits_LxBxM, _EXCLUDED)
-  pos_LxB = jnp.diagonal(logits_LxBxM, axis1=1, axis2=2)
+    own_label_WxC, label_WxM = jnp.transpose(labels[0]), jnp.transpose(labels[1])
+    same_WxCxM = own_label_WxC[:, :, None] == label_WxM[:, None, :]
+    logits_WxCxM = jnp.where(same_WxCxM & ~own_CxM[None], _EXCLUDED, logits_WxCxM)
   if extra_emb_NxD is not None:
-    extra_LxBxN = jnp.einsum("bld,nd->lbn", seq_out_BxLxD, extra_emb_NxD) - extra_log_q_N[None, None, :]
+    extra_WxCxN = jnp.einsum("wcd,nd->wcn", out_WxCxD, extra_emb_NxD) - extra_log_q_N[None, None, :]
     if remove_accidental_hits:
-      hit_LxBxN = jnp.transpose(label_BxL)[:, :, None] == extra_ids_N[None, None, :]
-      extra_LxBxN = jnp.where(hit_LxBxN, _EXCLUDED, extra_LxBxN)
-    logits_LxBxM = jnp.concatenate([logits_LxBxM, extra_LxBxN], axis=-1)
-  if pos_log_q_BxL is not None:
-    log_q_LxB = jnp.transpose(pos_log_q_BxL)
-    pos_LxB = pos_LxB + jnp.transpose(hot_weight_BxL)  # the positive, uncorrected
-    negatives_LxBxM = logits_LxBxM + jnp.log1p(-jnp.exp(log_q_LxB))[:, :, None]
-    own_LxBxM = jnp.eye(logits_LxBxM.shape[1], logits_LxBxM.shape[2], dtype=bool)[None]
-    logits_LxBxM = jnp.where(own_LxBxM, pos_LxB[:, :, None], negatives_LxBxM)
-  lse_LxB = jax.nn.logsumexp(logits_LxBxM, axis=-1)
-  nll_LxB = lse_LxB - pos_LxB
-  if pos_log_q_BxL is not None:
-    nll_LxB = nll_LxB * jax.lax.stop_gradient(-jnp.expm1(-nll_LxB))  # (1 - p_pos) nll
-  total = jnp.sum(jnp.where(mask_LxB > 0, nll_LxB, 0.0))
-  return total / jnp.maximum(jnp.sum(mask_LxB), 1.0)
+      hit_WxCxN = jnp.transpose(labels[0])[:, :, None] == extra_ids_N[None, None, :]
+      extra_WxCxN = jnp.where(hit_WxCxN, _EXCLUDED, extra_WxCxN)
+    logits_WxCxM = jnp.concatenate([logits_WxCxM, extra_WxCxN], axis=-1)
+  if pos_log_q_CxW is not None:
+    log_q_WxC = jnp.transpose(pos_log_q_CxW)
+    uncorrected_WxC = pos_WxC + jnp.transpose(own_weight_CxW)
+    negatives_WxCxM = logits_WxCxM + jnp.log1p(-jnp.exp(log_q_WxC))[:, :, None]
+    own_WxCxM = jnp.pad(own_CxM, ((0, 0), (0, logits_WxCxM.shape[-1] - own_CxM.shape[1])))[None]
+    logits_WxCxM = jnp.where(own_WxCxM, uncorrected_WxC[:, :, None], negatives_WxCxM)
+    pos_WxC = uncorrected_WxC
+  nll_WxC = jax.nn.logsumexp(logits_WxCxM, axis=-1) - pos_WxC
+  if pos_log_q_CxW is not None:
+    nll_WxC = nll_WxC * jax.lax.stop_gradient(-jnp.expm1(-nll_WxC))  # (1 - p_pos) nll
+  return nll_WxC
 
 
 def full_softmax_loss(seq_out_BxLxD, table_IxD, label_BxL, padding_mask_BxL, row_mask_B=None,

@@ -87,10 +87,18 @@ flags.DEFINE_bool("sparse_embedding_updates", False,
 flags.DEFINE_integer("short_length", 0,
                      "Run the encoder on each batch's shorter rows at this padded length (e.g. 16) and "
                      "on its few longest at --seq_length: the same batches and loss, several times "
-                     "less encoder work on real logs. 0: off. Not with --bucket_lengths.", lower_bound=0)
+                     "less encoder work on real logs (--layout=rows). 0: off. Not with --bucket_lengths.",
+                     lower_bound=0)
 flags.DEFINE_list("bucket_lengths", [],
                   "Shorter padded lengths, e.g. 8,16,32: users are batched with others of similar "
                   "length and run at the shortest that holds them (exact, much faster on short logs).")
+flags.DEFINE_enum("layout", "auto", ["auto", "packed", "rows", "plain"],
+                  "How the encoder and the loss see a batch; each gives the same loss and gradients up "
+                  "to float32 rounding. packed: several users per row, each its own segment under a "
+                  "block-diagonal causal mask, the lbm logits only at real slots; rows: one user per row, "
+                  "logits only at real slots (--short_length splits the rows); plain: the SPEC's literal "
+                  "batch, every slot scored. auto: packed where the first epoch shows it at least halves "
+                  "the encoder's rows (not with --short_length or --encoder=bsarec), else rows.")
 flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling, negatives and dropout.")
 flags.DEFINE_integer("prefetch", 2, "Batches the host builds ahead of the device on a background thread (the "
                      "same batches in the same order); 0: build each when its step starts.", lower_bound=0)
@@ -213,6 +221,10 @@ _rule(["bucket_lengths"], lambda v: all(b > 0 for b in _ints(v["bucket_lengths"]
       lambda v: f"--bucket_lengths={','.join(v['bucket_lengths'])}: lengths must be positive")
 _rule(["short_length", "bucket_lengths"], lambda v: not (v["short_length"] and v["bucket_lengths"]),
       lambda v: "--short_length: choose it or --bucket_lengths, not both")
+_rule(["layout", "short_length"], lambda v: not (v["short_length"] and v["layout"] in ("packed", "plain")),
+      lambda v: f"--layout={v['layout']}: --short_length splits rows; use --layout=rows or auto with it")
+_rule(["layout", "encoder"], lambda v: not (v["layout"] == "packed" and v["encoder"] != "spec"),
+      lambda v: f"--layout=packed: not with --encoder={v['encoder']} (its filter spans the whole row)")
 _rule(["short_length", "seq_length"], lambda v: v["short_length"] < v["seq_length"],
       lambda v: f"--short_length={v['short_length']}: must be in [0, --seq_length)")
 _rule(["sparse_embedding_updates", "loss"], lambda v: not (v["sparse_embedding_updates"] and v["loss"] == "full"),
@@ -269,7 +281,7 @@ def train_config(num_items: int):
                      select_metric=FLAGS.select_metric, prefetch=FLAGS.prefetch,
                      bucket_lengths=bucket_lengths(),
                      sparse_embedding_updates=FLAGS.sparse_embedding_updates,
-                     short_length=FLAGS.short_length,
+                     short_length=FLAGS.short_length, layout=FLAGS.layout,
                      loss=LossConfig(FLAGS.loss, FLAGS.remove_accidental_hits, FLAGS.num_negatives,
                                      FLAGS.negative_distribution, FLAGS.log_q, FLAGS.label_smoothing))
 

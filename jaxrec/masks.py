@@ -25,3 +25,16 @@ def attention_bias(input_ids_BxL: jnp.ndarray) -> jnp.ndarray:
   """
   mask_Bx1xLxL = padding_mask(input_ids_BxL)[:, None, None, :] * subsequent_mask(input_ids_BxL.shape[1])
   return (1.0 - mask_Bx1xLxL) * ATTENTION_BIAS
+
+
+def segment_attention_bias(segments_BxL: jnp.ndarray) -> jnp.ndarray:
+  """[B, 1, L, L] for packed rows (several users per row, `segments` 1, 2, ... per user, 0 on
+  padding): 0 where key k is real, in query q's segment and k <= q; -10000 elsewhere.
+
+  A block-diagonal attention_bias: with one left-padded segment per row it is exactly
+  attention_bias, and no position ever attends to another user's items.
+  """
+  same_Bx1xLxL = (segments_BxL[:, None, :, None] == segments_BxL[:, None, None, :])
+  real_Bx1x1xL = (segments_BxL != 0)[:, None, None, :]
+  mask_Bx1xLxL = (same_Bx1xLxL & real_Bx1x1xL).astype(jnp.float32) * subsequent_mask(segments_BxL.shape[1])
+  return (1.0 - mask_Bx1xLxL) * ATTENTION_BIAS

@@ -44,20 +44,30 @@ class ModelConfig:
       raise ValueError(f"position_order must be forward or backward, not {self.position_order!r}")
 
 
-def position_ids(input_ids_BxL, order: str = "forward") -> jnp.ndarray:
+def position_ids(input_ids_BxL, order: str = "forward", segments_BxL=None) -> jnp.ndarray:
   """[B, L] int32 positions of the real (left-padded) items; padding slots get 0.
 
   forward: the first real item is 0, the next 1, ...; backward: the most recent is 0.
   Positions depend only on the real items, so outputs at real positions are the same
-  at any padded length.
+  at any padded length. With `segments_BxL` (packed rows: contiguous segments 1, 2, ...
+  one per user, 0 on padding) each segment is numbered on its own, as if it were the
+  only user of a left-padded row.
   """
   length = input_ids_BxL.shape[1]
   t_L = jnp.arange(length)
-  if order == "forward":
-    num_pad_B = length - jnp.sum(input_ids_BxL != 0, axis=1)
-    pos_BxL = t_L[None, :] - num_pad_B[:, None]
-  else:
-    pos_BxL = jnp.broadcast_to(length - 1 - t_L, input_ids_BxL.shape)
+  if segments_BxL is None:
+    if order == "forward":
+      num_pad_B = length - jnp.sum(input_ids_BxL != 0, axis=1)
+      pos_BxL = t_L[None, :] - num_pad_B[:, None]
+    else:
+      pos_BxL = jnp.broadcast_to(length - 1 - t_L, input_ids_BxL.shape)
+  elif order == "forward":  # t minus the first slot of t's segment
+    prv = jnp.pad(segments_BxL[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+    pos_BxL = t_L[None, :] - jax.lax.cummax(jnp.where(segments_BxL != prv, t_L[None, :], 0), axis=1)
+  else:  # the last slot of t's segment minus t
+    nxt = jnp.pad(segments_BxL[:, 1:], ((0, 0), (0, 1)), constant_values=-1)
+    end_BxL = jax.lax.cummin(jnp.where(segments_BxL != nxt, t_L[None, :], length), axis=1, reverse=True)
+    pos_BxL = end_BxL - t_L[None, :]
   return jnp.where(input_ids_BxL != 0, pos_BxL, 0).astype(jnp.int32)
 
 
@@ -125,25 +135,33 @@ class Seq2Seq(nn.Module):
     self.layers = [EncoderLayer(c, name=f"layer_{i}") for i in range(c.num_hidden_layers)]
 
   def encode(self, input_ids_BxL, deterministic: bool = True, item_vectors_BxLxD=None,
-             last_only: bool = False) -> jnp.ndarray:
+             last_only: bool = False, segments_BxL=None) -> jnp.ndarray:
     """seq_out [B, L, D]: the last layer's output at every position ([B, 1, D]: only the
     last position with `last_only`, whose last layer then computes only that query).
 
     `item_vectors_BxLxD`, if given, replaces the item-table lookup of `input_ids_BxL`
     (row-sparse training looks items up in a gathered slice of the table).
+    `segments_BxL` (packed rows, input_pipeline.pack): each user's segment gets its own
+    positions and attends only within itself, so its outputs are those it has alone.
     """
-    x_BxLxD = self.embed(input_ids_BxL, deterministic, item_vectors_BxLxD)
-    bias_Bx1xLxL = masks.attention_bias(input_ids_BxL)
+    if segments_BxL is not None and self.config.encoder != "spec":
+      raise ValueError("packed rows need encoder=spec (the bsarec filter spans the whole row)")
+    x_BxLxD = self.embed(input_ids_BxL, deterministic, item_vectors_BxLxD, segments_BxL)
+    if segments_BxL is None:
+      bias_Bx1xLxL = masks.attention_bias(input_ids_BxL)
+    else:
+      bias_Bx1xLxL = masks.segment_attention_bias(segments_BxL)
     for i, layer in enumerate(self.layers):
       x_BxLxD = layer(x_BxLxD, bias_Bx1xLxL, deterministic, last_only and i == len(self.layers) - 1,
                       input_ids_BxL != 0)
     return x_BxLxD
 
-  def embed(self, input_ids_BxL, deterministic: bool, item_vectors_BxLxD=None) -> jnp.ndarray:
+  def embed(self, input_ids_BxL, deterministic: bool, item_vectors_BxLxD=None, segments_BxL=None) -> jnp.ndarray:
     """[B, L, D]: item vectors + position embeddings (none on padding), optionally
     LayerNorm-ed per position, then dropout."""
     real_BxLx1 = (input_ids_BxL != 0)[..., None]
-    pos_BxLxD = self.position_embeddings(position_ids(input_ids_BxL, self.config.position_order))
+    pos_BxL = position_ids(input_ids_BxL, self.config.position_order, segments_BxL)
+    pos_BxLxD = self.position_embeddings(pos_BxL)
     if item_vectors_BxLxD is None:
       item_vectors_BxLxD = self.item_embeddings(input_ids_BxL)
     x_BxLxD = item_vectors_BxLxD + jnp.where(real_BxLx1, pos_BxLxD, 0.0)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxrec import input_pipeline
 from jaxrec import masks
 from jaxrec.input_pipeline import Batch
 from jaxrec.loss import full_softmax_loss, in_batch_softmax_loss
@@ -119,11 +120,18 @@ def loss_fn(params, model: Seq2Seq, batch: Batch, dropout_rng=None, loss: LossCo
     lookup_in = lambda ids: jnp.take(tables[in_name], local(ids), axis=0)
     lookup = lambda ids: jnp.take(tables[out_name], local(ids), axis=0)
 
-  def encode(ids_BxL, rng):
-    return model.apply(variables, ids_BxL, rng is None, lookup_in(ids_BxL),
+  def encode(ids_BxL, rng, segments_BxL=None):
+    return model.apply(variables, ids_BxL, rng is None, lookup_in(ids_BxL), False, segments_BxL,
                        rngs=None if rng is None else {"dropout": rng}, method=Seq2Seq.encode)
 
-  if batch.order is not None:  # split by length (input_pipeline.split_by_length): rows restored
+  if batch.packed_ids is not None:  # users packed into rows (input_pipeline.pack): slots restored
+    packed_PxLxD = encode(batch.packed_ids, dropout_rng, batch.segments)
+    groups, d = batch.unpack.shape[0], packed_PxLxD.shape[-1]
+    index_GxTx1 = jnp.maximum(batch.unpack, 0)[..., None]
+    plain_GxTxD = jnp.take_along_axis(packed_PxLxD.reshape(groups, -1, d), index_GxTx1, axis=1)
+    plain_GxTxD = jnp.where(batch.unpack[..., None] >= 0, plain_GxTxD, 0.0)
+    seq_out = plain_GxTxD.reshape(batch.input_ids.shape + (d,))
+  elif batch.order is not None:  # split by length (input_pipeline.split_by_length): rows restored
     rngs = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
     short_BxSxD, long_BxLxD = encode(batch.short_ids, rngs[0]), encode(batch.long_ids, rngs[1])
     pad = long_BxLxD.shape[1] - short_BxSxD.shape[1]
@@ -142,8 +150,9 @@ def loss_fn(params, model: Seq2Seq, batch: Batch, dropout_rng=None, loss: LossCo
     hot_weight = hot_weight + jnp.log(jnp.float32(batch.label.shape[0]))  # log(B p)
   if loss.log_q == "corrected":
     extra["pos_log_q_BxL"] = batch.hot_weight
+  levels = input_pipeline.loss_levels(batch.input_ids.shape[1], batch.loss_rows)
   return in_batch_softmax_loss(seq_out, lookup(batch.label), hot_weight, padding, batch.row_mask,
-                               batch.label, loss.remove_accidental_hits, **extra)
+                               batch.label, loss.remove_accidental_hits, **extra, levels=levels)
 
 
 def train_step(state: TrainState, batch: Batch, item_log_q_I, *, model: Seq2Seq, tx,

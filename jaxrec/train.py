@@ -58,6 +58,7 @@ class TrainConfig:
   loss: LossConfig = LossConfig()
   sparse_embedding_updates: bool = False  # lazy Adam on the touched table rows only
   short_length: int = 0  # run each batch's short rows at this padded length (same batches, same loss)
+  layout: str = "auto"  # input_pipeline.LAYOUTS: how the encoder and the loss see a batch (same loss)
 
 
 
@@ -91,7 +92,8 @@ class Trainer:
     self.batch_sharding = NamedSharding(self.mesh, P("data"))
     self.plan = input_pipeline.BatchPlan(
         split, config.batch_size, config.model.seq_length, config.seed, jax.device_count(),
-        config.bucket_lengths, config.short_length, real_slots=config.loss.kind == "full")
+        config.bucket_lengths, config.short_length, real_slots=config.loss.kind == "full",
+        layout=config.layout, packable=config.model.encoder == "spec")
     self.train_users, self.rows = self.plan.train_users, self.plan.rows
     self.steps_per_epoch = self.plan.steps_per_epoch
     self.total_steps = self.steps_per_epoch * config.num_epochs
@@ -248,6 +250,7 @@ def _run(trainer: Trainer, log: MetricsLog):
   console.info("%d training sequences, %d steps/epoch x %d epochs, global batch %d on %d device(s)",
                len(trainer.train_users), trainer.steps_per_epoch, config.num_epochs, trainer.rows,
                jax.device_count())
+  console.info("%s", trainer.plan.describe())
   epoch_done, into_epoch = divmod(step, trainer.steps_per_epoch)
   if (step and not into_epoch and trainer.validates and not progress.stopped
       and epoch_done % config.eval_every_epochs == 0 and progress.validated_epoch < epoch_done):

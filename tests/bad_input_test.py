@@ -162,6 +162,13 @@ CASES = {
                                   ("--sparse_embedding_updates: does not combine with --grad_clip_norm=1.0",)),
     "short_length_not_below_seq_length": Case(SYN + " --short_length=10",
                                               ("--short_length=10: must be in [0, --seq_length)",)),
+    "packed_with_short_length": Case(SYN + " --layout=packed --short_length=8",
+                                     ("error: --layout=packed: --short_length splits rows; use --layout=rows or "
+                                      "auto with it",)),
+    "packed_with_bsarec": Case(SYN + " --layout=packed --encoder=bsarec",
+                               ("error: --layout=packed: not with --encoder=bsarec (its filter spans the "
+                                "whole row)",)),
+    "unknown_layout": Case(SYN + " --layout=dense", ("--layout",)),
     "eval_ks_without_10": Case(SYN + " --eval_ks=5,20 --eval_every_epochs=1", ("error: --select_metric=ndcg@10: expected mrr, or hr@K or ndcg@K with K in --eval_ks=5,20",)),
     "label_smoothing_with_inbatch": Case(SYN + " --label_smoothing=0.1", ("--label_smoothing: only for --loss=full",)),
     "label_smoothing_one": Case(SYN + " --loss=full --label_smoothing=1", ("--label_smoothing=1.0: must be in [0, 1)",)),

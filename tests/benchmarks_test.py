@@ -39,8 +39,8 @@ def test_train_bench_quick(tmp_path):
   for label in ("sequences/s", "ms/step", "ms/step, batches prebuilt", "start-up s (to end of step 1)",
                 "first epoch s", "peak RSS MiB", "GFLOP/s done", "% of matmul ceiling",
                 "useful % of matmul ceiling"):
-    assert len(table_row(out, label)) == 4, label  # plain, short_length, buckets, buckets + feed-forward
-  assert table_row(out, "compilations after first epoch") == ["0"] * 4
+    assert len(table_row(out, label)) == 5, label  # auto, rows, plain, short_length, buckets
+  assert table_row(out, "compilations after first epoch") == ["0"] * 5
   for header in ("| batch size |", "| seq_length |", "| items |"):
     assert header in out
   text = markdown.read_text()

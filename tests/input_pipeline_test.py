@@ -148,9 +148,17 @@ def test_split_by_length_groups_rows_and_falls_back_to_full_width():
   assert wide.short_ids.shape == (3, 4)
 
 
-@pytest.mark.parametrize("loss, buckets", [("inbatch", (4, 8)), ("full", ())])
-def test_train_step_compiles_once_per_padded_shape(monkeypatch, loss, buckets):
-  """Two epochs compile the step once per distinct (padded length, slot capacity), never again."""
+def shape_key(batch) -> tuple:
+  """What the step compiles for: which optional fields a batch has and every array's shape."""
+  return str(jax.tree.structure(batch)), tuple(np.shape(x) for x in jax.tree.leaves(batch))
+
+
+@pytest.mark.parametrize("loss, buckets, layout", [("inbatch", (4, 8), "auto"), ("full", (), "auto"),
+                                                   ("inbatch", (), "packed"), ("mixed", (8,), "rows")])
+def test_train_step_compiles_once_per_padded_shape(monkeypatch, loss, buckets, layout):
+  """Two epochs compile the step once per distinct batch shape, never again; a padded length
+  has at most four (packed or not, logits at real slots or everywhere) besides --loss=full's
+  slot capacities."""
   traces = []
   clean_step = step_lib.train_step
 
@@ -162,20 +170,34 @@ def test_train_step_compiles_once_per_padded_shape(monkeypatch, loss, buckets):
   model = ModelConfig(num_items=LOG.num_items, seq_length=24, hidden_size=8, num_attention_heads=2,
                       num_hidden_layers=1)
   config = train.TrainConfig(model=model, batch_size=32, eval_every_epochs=0, bucket_lengths=buckets,
-                             loss=step_lib.LossConfig(loss))
+                             loss=step_lib.LossConfig(loss, num_negatives=4), layout=layout)
   t = train.Trainer(config, SPLIT, tempfile.mkdtemp())
+  assert t.plan.layout == layout or layout == "auto"
   state, shapes = t.init_state(), []
   for epoch in range(2):
     for index in range(t.steps_per_epoch):
       batch, _ = t.batch(epoch, index)
-      shapes.append((batch.input_ids.shape, None if batch.slots is None else batch.slots.shape))
+      shapes.append(shape_key(batch))
       state, _ = t.train_step(state, batch)
-    if epoch == 0:
-      after_first = len(traces)
   assert len(traces) == len(set(shapes))
-  assert len(set(shapes)) > 1  # the case exercises several shapes
-  if loss == "inbatch":
-    assert after_first == len(traces)  # the second epoch meets only shapes the first compiled
+  if buckets or loss == "full":
+    assert len(set(shapes)) > 1  # the case exercises several shapes
+  lengths = {batch_shape[1][0][1] for batch_shape in shapes}
+  if loss != "full":
+    assert len(set(shapes)) <= 4 * len(lengths)
+
+
+def test_auto_layout_packs_short_histories_and_not_long_ones():
+  model = ModelConfig(num_items=LOG.num_items, seq_length=24, hidden_size=8, num_attention_heads=2)
+  plan = lambda split, **kw: input_pipeline.BatchPlan(split, 32, 24, 0, layout="auto", **kw)
+  short = plan(SPLIT)  # mean length 5 at L = 24: a row holds about four users
+  assert short.layout == "packed" and short.packed_share <= 0.5 and "packed" in short.describe()
+  assert plan(SPLIT, packable=False).layout == "rows"  # e.g. --encoder=bsarec
+  assert plan(SPLIT, short_length=8).layout == "rows"
+  long_log = click_log.synthetic_click_log(200, 60, seed=1, mean_length=40)
+  long = plan(holdout.leave_one_out(long_log))
+  assert long.layout == "rows" and long.packed_share > 0.5
+  del model
 
 
 def test_prefetch_yields_the_same_batches_and_training_is_bit_identical(tmp_path):

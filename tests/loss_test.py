@@ -91,7 +91,8 @@ def test_loss_matches_loop_reference_and_tf_formula(case):
 @given(loss_inputs())
 def test_logq_is_subtracted_from_candidate_columns(case):
   seq_out, ids_emb, hot_weight, padding_mask = case
-  got = np.asarray(loss.lbm_logits(seq_out, ids_emb, hot_weight), np.float64)
+  position_major = lambda x: np.transpose(x, (1, 0, 2))
+  got = np.asarray(loss.lbm_logits(position_major(seq_out), position_major(ids_emb), hot_weight), np.float64)
   batch, length, _ = seq_out.shape
   assert got.shape == (length, batch, batch)
   for l in range(length):

@@ -42,6 +42,9 @@ flags.DEFINE_list("sections", ["real", "sweeps"], "What to measure: real (the re
 flags.DEFINE_list("loss_data_paths", ["../shared/data/beauty_s3rec.txt", "../shared/data/beauty_bert4rec.txt"],
                   "Click logs of the losses section.")
 flags.DEFINE_string("section_name", "train", "Name of the BENCHMARKS.md section to write, e.g. train_gpu.")
+flags.DEFINE_string("sasrec_python", "", "A Python with torch (a scratch environment, never jaxrec's) to run "
+                    "SASRec.pytorch side by side in the real-data table (benchmarks/sasrec_torch.py); '' skips it.")
+flags.DEFINE_string("sasrec_dir", "/tmp/SASRec.pytorch/python", "The python/ folder of a SASRec.pytorch checkout.")
 flags.DEFINE_string("worker_job", None, "Internal: run one measurement (JSON) in this process.")
 
 
@@ -80,26 +83,45 @@ QUICK = Sizes(batch_size=32, seq_length=16, hidden_size=16, feed_forward_size=32
 # ----------------------------------------------------------------------------- analytic work
 
 
-def matmul_flops(lengths_R, rows: int, length: int, hidden: int, layers: int, feed_forward: int,
-                 useful: bool) -> float:
-  """Forward matmul FLOPs of one step: all of it, or only the part on real tokens.
+def matmul_flops(tokens: float, pairs: float, scored_slots: float, candidates: int, hidden: int, layers: int,
+                 feed_forward: int) -> float:
+  """Forward matmul FLOPs of one step.
 
-  A step has B = `rows` rows (batch-padding rows included) at padded length L; row r
-  has n_r real inputs (`lengths_R`, padding rows absent: n_r = 0), T = sum_r n_r.
   Per layer, with D hidden and F feed-forward sizes:
     dense + feed-forward:  2 (4 D^2 + 2 D F) per token   (q, k, v, output; D->F->D)
     attention:             4 D per (query, key) pair     (q k^T and probs v, all heads)
-  and once per step, the lbm logits: 2 B D per token (its output against B labels).
-  Computed: tokens = B L, pairs = B L^2. Useful: tokens = T, pairs = sum_r n_r^2.
-  The backward pass is about twice the forward for every part, so the useful share
-  useful / computed = (a T + b sum n_r^2 + c T) / (a B L + b B L^2 + c B L)
-  holds for forward + backward too (a = 2 (4 D^2 + 2 D F) layers, b = 4 D layers, c = 2 B D).
+  and once per step, the lbm logits: 2 M D per scored slot (its output against the M = B
+  candidate labels at its position).
+  Useful work: tokens = T real inputs, pairs = sum_r n_r^2, scored slots = T. Computed
+  (`computed_work`): the tokens, pairs and scored slots of the layout the batch ran in.
+  The backward pass is about twice the forward for every part, so useful / computed
+  holds for forward + backward too.
   """
-  n_R = np.asarray(lengths_R, np.float64)
-  tokens = n_R.sum() if useful else rows * length
-  pairs = (n_R**2).sum() if useful else rows * length**2
   dense = 2 * (4 * hidden**2 + 2 * hidden * feed_forward) * layers
-  return dense * tokens + 4 * hidden * layers * pairs + 2 * rows * hidden * tokens
+  return dense * tokens + 4 * hidden * layers * pairs + 2 * candidates * hidden * scored_slots
+
+
+def computed_work(batch) -> tuple:
+  """(tokens, pairs, scored slots) the step computes for `batch`: its encoder rows (plain,
+  split by length or packed) and the lbm slots of its loss levels."""
+  from jaxrec import input_pipeline
+  rows, length = batch.input_ids.shape
+  if batch.packed_ids is not None:
+    encoder_rows = [(batch.packed_ids.shape[0], length)]
+  elif batch.short_ids is not None:
+    encoder_rows = [batch.short_ids.shape, batch.long_ids.shape]
+  else:
+    encoder_rows = [(rows, length)]
+  tokens = sum(r * l for r, l in encoder_rows)
+  pairs = sum(r * l * l for r, l in encoder_rows)
+  levels = input_pipeline.loss_levels(length, batch.loss_rows)
+  if batch.slots is not None:
+    scored = batch.slots.size
+  elif levels is None:
+    scored = rows * length
+  else:
+    scored = sum((hi - lo) * (rows if r is None else r.size) for lo, hi, r in levels)
+  return tokens, pairs, scored
 
 
 # ----------------------------------------------------------------------------- child side
@@ -149,7 +171,7 @@ def _trainer(job, log, workdir):
   config = TrainConfig(model=model, batch_size=job["batch_size"], num_epochs=3, eval_every_epochs=0,
                        checkpoint_every_steps=10**9, log_every_steps=10**9,
                        bucket_lengths=tuple(job.get("bucket_lengths", ())),
-                       short_length=job.get("short_length", 0),
+                       short_length=job.get("short_length", 0), layout=job.get("layout", "auto"),
                        sparse_embedding_updates=job.get("sparse", False), loss=loss)
   return Trainer(config, holdout.leave_one_out(log), workdir)
 
@@ -219,7 +241,8 @@ def _real_job(job, compiles) -> dict:
              "ms_per_step": 1e3 * epoch1_s / steps, "ms_per_step_prebuilt": 1e3 * epoch2_s / steps,
              "batch_ms_per_step": 1e3 * batch_s / steps, "startup_s": startup_s, "epoch0_s": epoch0_s,
              "compiles_epoch0": compiles_epoch0, "compile_s": compile_s, "compiles_after": compiles_after,
-             "cache_entries": cache_entries, "lengths": sorted(set(lengths)), "loss": float(metrics["loss"])}
+             "cache_entries": cache_entries, "lengths": sorted(set(lengths), key=str), "loss": float(metrics["loss"]),
+             "layout": trainer.plan.layout}
     assert real_rows == len(trainer.train_users)
     if not job.get("analyse", True):
       _close(trainer)
@@ -237,21 +260,14 @@ def _real_job(job, compiles) -> dict:
     model = dict(hidden=c.hidden_size, layers=c.num_hidden_layers, feed_forward=c.feed_forward_size)
     useful_flops = analytic = real_tokens = padded_tokens = 0.0
     for batch in prebuilt:
-      ids_BxL = np.asarray(batch.input_ids)
-      n_B = (ids_BxL != 0).sum(axis=1)
-      num_rows, length = ids_BxL.shape
-      if batch.short_ids is not None:  # --short_length: two encoder groups (lbm counted per group)
-        order, width = np.asarray(batch.order), batch.short_ids.shape[1]
-        short, long = order[:batch.short_ids.shape[0]], order[batch.short_ids.shape[0]:]
-        computed = (matmul_flops(n_B[short], len(short), width, useful=False, **model)
-                    + matmul_flops(n_B[long], len(long), length, useful=False, **model))
-      else:
-        computed = matmul_flops(n_B, num_rows, length, useful=False, **model)
-      useful_flops += (flops_at[_shape_key(batch)] * matmul_flops(n_B, num_rows, length, useful=True, **model)
-                       / computed)
+      n_B = (np.asarray(batch.input_ids) != 0).sum(axis=1)
+      num_rows, length = batch.input_ids.shape
+      computed = matmul_flops(*computed_work(batch), num_rows, **model)
+      useful = matmul_flops(n_B.sum(), (n_B.astype(np.float64) ** 2).sum(), n_B.sum(), num_rows, **model)
+      useful_flops += flops_at[_shape_key(batch)] * useful / computed
       analytic += 3 * computed
       real_tokens += n_B.sum()
-      padded_tokens += num_rows * length
+      padded_tokens += computed_work(batch)[0]
     _close(trainer)
   return {**timed, "gflop_per_step": flops / steps / 1e9, "gflop_per_s": flops / epoch1_s / 1e9,
           "useful_gflop_per_s": useful_flops / epoch1_s / 1e9, "xla_vs_analytic": flops / analytic,
@@ -259,9 +275,17 @@ def _real_job(job, compiles) -> dict:
 
 
 def _shape_key(batch) -> tuple:
-  """The shape a batch compiles for: (L,), split by length (L, short width), --loss=full + capacity."""
-  return tuple(getattr(batch, k).shape[1] for k in ("input_ids", "short_ids", "slots")
-               if getattr(batch, k) is not None)
+  """The shape a batch compiles for: L, then the short width (split by length), the packed
+  rows, the loss levels' rows and --loss=full's slot capacity, where the batch has them."""
+  import jax
+  key = [batch.input_ids.shape[1]]
+  for name in ("short_ids", "packed_ids", "slots"):
+    value = getattr(batch, name)
+    if value is not None:
+      key.append(value.shape[1] if name != "packed_ids" else value.shape[0])
+  if batch.loss_rows is not None:
+    key.append("+".join(str(r.shape[1]) for r in jax.tree.leaves(batch.loss_rows)))
+  return tuple(key)
 
 
 def _sweep_job(job, compiles) -> dict:
@@ -396,20 +420,27 @@ def _results_table(names: list, rows: list, results: list) -> str:
 
 
 def real_section(sizes: Sizes, data_path: str, ceilings: dict) -> tuple[str, list]:
-  configs = [("plain", {}),
-             (f"short_length {sizes.short_length}", {"short_length": sizes.short_length}),
-             (f"buckets {sizes.bucket_lengths}", {"bucket_lengths": sizes.bucket_lengths}),
-             (f"buckets + feed-forward {sizes.feed_forward_size}",
-              {"bucket_lengths": sizes.bucket_lengths, "feed_forward_size": sizes.feed_forward_size})]
+  configs = [("default (--layout=auto)", {}),
+             ("--layout=rows", {"layout": "rows"}),
+             ("--layout=plain", {"layout": "plain"}),
+             (f"--short_length={sizes.short_length}", {"short_length": sizes.short_length}),
+             (f"buckets {sizes.bucket_lengths} (not exact)", {"bucket_lengths": sizes.bucket_lengths})]
   results = []
   for name, overrides in configs:
     _progress(f"train_bench: real data, {name}")
     job = _model_job(sizes, kind="real", data_path=data_path, users=sizes.real_users,
                      synthetic_users=max(sizes.real_users, 2000), synthetic_items=sizes.sweep_items, **overrides)
     results.append(_run_child(job))
+  sasrec = None
+  if FLAGS.sasrec_python and data_path:
+    _progress("train_bench: real data, SASRec.pytorch")
+    sasrec = _run_sasrec(sizes, data_path)
   ceiling = ceilings["matmul_gflops"]
+  versus = [(f"vs SASRec.pytorch ({sasrec['seq_per_s']:,.0f} seq/s, same run)",
+             lambda r: f"{r['seq_per_s'] / sasrec['seq_per_s']:.1f}x")] if sasrec else []
   metrics = [
-      *STEP_ROWS,
+      *STEP_ROWS[:1], *versus, *STEP_ROWS[1:],
+      ("batch layout", lambda r: r["layout"]),
       ("start-up s (to end of step 1)", lambda r: f"{r['startup_s']:.1f}"),
       *COMPILE_ROWS,
       ("padded lengths (jit cache entries)",
@@ -431,6 +462,13 @@ def real_section(sizes: Sizes, data_path: str, ceilings: dict) -> tuple[str, lis
           f"{sizes.num_heads} heads, {sizes.num_layers} layers. Epoch 1 compiles and warms up; sequences/s "
           "and ms/step are over epoch 2 (host batching included); epoch 3 reruns with its batches built "
           "beforehand.", "", table]
+  if sasrec:
+    text += ["", f"SASRec.pytorch: `{FLAGS.sasrec_python} benchmarks/sasrec_torch.py --sasrec_dir={FLAGS.sasrec_dir} "
+             f"--data_path={os.path.relpath(data_path, REPO)}` (torch {sasrec['torch']}, {sasrec['threads']} threads, "
+             f"its main.py loop: BCE with one sampled negative, its 3 sampler processes; batch {sizes.batch_size}, "
+             f"maxlen {sizes.seq_length}, hidden {sizes.hidden_size}, {sizes.num_heads} heads, {sizes.num_layers} "
+             "blocks), epochs of " + ", ".join(f"{t:.1f}" for t in sasrec["epoch_s"]) + " s; sequences/s over "
+             "all but the first."]
   for (name, _), r in zip(configs, results):
     if r["compiles_after"]:
       text.append(f"\nWARNING: {name}: {r['compiles_after']} compilations after the first epoch.")
@@ -439,14 +477,26 @@ def real_section(sizes: Sizes, data_path: str, ceilings: dict) -> tuple[str, lis
 
 LOSSES = [("inbatch", {}), ("inbatch, hits removed", {"hits": True}),
           ("mixed (+256 uniform)", {"loss": "mixed"}), ("full", {"loss": "full"}),
-          ("full, label smoothing 0.1", {"loss": "full", "label_smoothing": 0.1})]
+          ("full, label smoothing 0.1 (beauty.flags)", {"loss": "full", "label_smoothing": 0.1}),
+          ("beauty.flags before packing (+ --short_length=16)",
+           {"loss": "full", "label_smoothing": 0.1, "short_length": 16})]
+
+
+def _run_sasrec(sizes: Sizes, data_path: str) -> dict:
+  args = [FLAGS.sasrec_python, os.path.join(REPO, "benchmarks", "sasrec_torch.py"), f"--sasrec_dir={FLAGS.sasrec_dir}",
+          f"--data_path={data_path}", f"--batch_size={sizes.batch_size}", f"--maxlen={sizes.seq_length}",
+          f"--hidden_units={sizes.hidden_size}", f"--num_blocks={sizes.num_layers}", f"--num_heads={sizes.num_heads}"]
+  proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+  if proc.returncode:
+    raise RuntimeError(f"SASRec.pytorch failed:\n{proc.stderr[-5000:]}")
+  return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
 
 
 def losses_section(sizes: Sizes, data_paths: list) -> str:
   """Each loss on each log, with the experiment flagfiles' encoder (shared table, feed-forward,
-  dropout 0.5, --short_length): what a variant costs per step."""
+  dropout 0.5, the default layout): what a variant costs per step."""
   text = ["Each `--loss` with the encoder of the experiment flagfiles: one shared item table, "
-          f"feed-forward {sizes.feed_forward_size}, dropout 0.5, `--short_length={sizes.short_length}`; batch "
+          f"feed-forward {sizes.feed_forward_size}, dropout 0.5, the default `--layout=auto`; batch "
           f"{sizes.batch_size}, seq_length {sizes.seq_length}, hidden {sizes.hidden_size}, {sizes.num_heads} "
           f"heads, {sizes.num_layers} layers, all users. Epoch 1 compiles and warms up; sequences/s and ms/step "
           "are over epoch 2 (host batching included); epoch 3 reruns with its batches built beforehand. "
@@ -457,10 +507,12 @@ def losses_section(sizes: Sizes, data_paths: list) -> str:
       _progress(f"train_bench: losses, {os.path.basename(path) or 'synthetic'}, {name}")
       job = _model_job(sizes, kind="real", data_path=path, users=sizes.real_users, analyse=False,
                        synthetic_users=max(sizes.real_users, 2000), synthetic_items=sizes.sweep_items,
-                       feed_forward_size=sizes.feed_forward_size, short_length=sizes.short_length,
-                       dropout_rate=0.5, share_embeddings=True, **overrides)
+                       feed_forward_size=sizes.feed_forward_size, dropout_rate=0.5, share_embeddings=True,
+                       **overrides)
       results.append(_run_child(job))
-    metrics = [*STEP_ROWS, *COMPILE_ROWS, ("peak RSS MiB", lambda r: f"{r['peak_rss_mib']:.0f}")]
+    metrics = [*STEP_ROWS, ("epoch s", lambda r: f"{r['ms_per_step'] * r['steps'] / 1e3:.1f}"),
+               ("batch layout", lambda r: r["layout"]), *COMPILE_ROWS,
+               ("peak RSS MiB", lambda r: f"{r['peak_rss_mib']:.0f}")]
     source = f"`{path}`" if path else "synthetic data"
     text += ["", f"{source}, {results[0]['rows']:,} training sequences per epoch:", "",
              _results_table([name for name, _ in LOSSES], metrics, results)]

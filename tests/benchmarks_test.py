@@ -104,8 +104,8 @@ def test_train_bench_losses_quick(tmp_path):
                    f"--loss_data_paths={tmp_path / 'missing.txt'}", f"--markdown_out={markdown}")
   assert "## Training throughput by loss" in out
   seq_per_s = table_row(out, "sequences/s")
-  assert len(seq_per_s) == 5 and all(float(v.replace(",", "")) > 0 for v in seq_per_s)
-  assert len(table_row(out, "compilations after first epoch")) == 5
+  assert len(seq_per_s) == 6 and all(float(v.replace(",", "")) > 0 for v in seq_per_s)
+  assert len(table_row(out, "compilations after first epoch")) == 6
   assert "<!-- train_losses:begin -->" in markdown.read_text()
 
 

@@ -99,7 +99,11 @@ def test_served_lists_equal_export_plus_recall(trained, server):
       assert response.status_code == 200, response.text
       served += response.json()
     single = client.post("/v1/recall", json={"clicks": users[0][1], "top_n": 20}).json()
-  assert single == served[0]
+  # Alone the request runs at another batch size, which XLA rounds differently in the last bit.
+  assert {k: v for k, v in single.items() if k != "scores"} == {k: v for k, v in served[0].items() if k != "scores"}
+  np.testing.assert_allclose(single["scores"], served[0]["scores"], rtol=1e-5)
+  with httpx.Client(base_url=server.url, timeout=60) as client:
+    assert client.post("/v1/recall", json={"clicks": users[0][1], "top_n": 20}).json() == single  # deterministic
   npz = np.load(os.path.join(workdir, "embeddings.npz"))
   assert all(a["model_step"] == int(npz["step"]) and a["unknown_clicks"] == 0 for a in served)
   same = sum(a["items"] == offline[user].split(",") for (user, _), a in zip(users, served))

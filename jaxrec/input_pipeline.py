@@ -379,10 +379,10 @@ class BatchPlan:
     per_group = self.rows // self.num_devices
     if self.layout == "packed":
       return (f"batch layout packed: {per_group} users per device in {self.pack_rows[length]} rows of "
-              f"{length} ({100 * self.packed_share:.0f}% of the rows), lbm logits at real slots")
+              f"{length} ({100 * self.packed_share:.0f}% of the rows), the loss scored at real slots")
     if self.layout == "rows":
       split = f", rows over {self.short_length} split off" if self.long_rows else ""
-      return f"batch layout rows{split}: one user per row, lbm logits at real slots"
+      return f"batch layout rows{split}: one user per row, the loss scored at real slots"
     return "batch layout plain: one user per row, lbm logits at every slot"
 
   def rows_of(self, epoch: int, index: int) -> np.ndarray:

@@ -311,7 +311,8 @@ class BatchPlan:
     (`pack`), the logits only at real slots;
   - auto: packed where packing at least halves the encoder's rows (measured on the
     first epoch's batches) and `packable` (no short_length, an encoder without a
-    sequence filter), else rows.
+    sequence filter), else rows, split at the short length that leaves the encoder the
+    fewest slots when that saves a quarter of them (no bucket_lengths).
   Capacities (packed rows, rows per loss level) are the most the first epoch needs plus
   an eighth, per padded length, so the step compiles once per shape; a later batch that
   needs more runs unpacked, or with the logits at every slot (one more shape each).
@@ -334,13 +335,7 @@ class BatchPlan:
     self.bucket_U = bucket_of(self.input_lengths, self.bucket_lengths)
     counts = np.bincount(self.bucket_U, minlength=len(self.bucket_lengths))
     self.steps_per_epoch = int(sum(-(-c // batch_size) for c in counts))
-    self.long_rows = 0
-    if short_length:
-      # Room for the rows longer than short_length in nearly every batch (mean + 4 sd);
-      # a batch with more runs its short group at full length instead.
-      p = float(np.mean(self.input_lengths > short_length))
-      expected = batch_size * p + 4 * np.sqrt(batch_size * p * (1 - p)) + 1
-      self.long_rows = int(min(self.rows - num_devices, round_up(int(np.ceil(expected)), num_devices)))
+    self.long_rows = self._long_rows(short_length) if short_length else 0
     self.sampler = PopularitySampler(split.item_counts())
     self._order = (None, None)  # (epoch, its batches' rows): one epoch's order is kept
     self.pack_rows, self.level_capacity = {}, {}  # padded length -> capacity
@@ -350,6 +345,20 @@ class BatchPlan:
     self.packed = layout == "packed" or (layout == "auto" and packable and not self.long_rows
                                          and self.packed_share <= 0.5)
     self.layout = "packed" if self.packed else ("plain" if layout == "plain" else "rows")
+    if layout == "auto" and not self.packed and not short_length and len(self.bucket_lengths) == 1:
+      # Unpacked: split off the short rows at the padded length that leaves the encoder
+      # the fewest slots, (B - C) S + C L, if that beats all rows at L.
+      best = min(((self.rows - self._long_rows(s)) * s + self._long_rows(s) * seq_length, s)
+                 for s in padded_lengths(seq_length)[:-1])
+      if best[0] < 0.75 * self.rows * seq_length:
+        self.short_length, self.long_rows = best[1], self._long_rows(best[1])
+
+  def _long_rows(self, short_length: int) -> int:
+    """Rows of the long group: room for the rows longer than short_length in nearly every
+    batch (mean + 4 sd); a batch with more runs its short group at full length instead."""
+    p = float(np.mean(self.input_lengths > short_length))
+    expected = self.batch_size * p + 4 * np.sqrt(self.batch_size * p * (1 - p)) + 1
+    return int(min(self.rows - self.num_devices, round_up(int(np.ceil(expected)), self.num_devices)))
 
   def _plan_capacities(self, pack: bool) -> None:
     """Packed rows and loss-level rows per group that the first epoch's batches need."""

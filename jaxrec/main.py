@@ -98,7 +98,8 @@ flags.DEFINE_enum("layout", "auto", ["auto", "packed", "rows", "plain"],
                   "block-diagonal causal mask, the lbm logits only at real slots; rows: one user per row, "
                   "logits only at real slots (--short_length splits the rows); plain: the SPEC's literal "
                   "batch, every slot scored. auto: packed where the first epoch shows it at least halves "
-                  "the encoder's rows (not with --short_length or --encoder=bsarec), else rows.")
+                  "the encoder's rows (not with --short_length or --encoder=bsarec), else rows, the short "
+                  "ones split off at the length that saves the most encoder work.")
 flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling, negatives and dropout.")
 flags.DEFINE_integer("prefetch", 2, "Batches the host builds ahead of the device on a background thread (the "
                      "same batches in the same order); 0: build each when its step starts.", lower_bound=0)

@@ -192,7 +192,9 @@ def test_auto_layout_packs_short_histories_and_not_long_ones():
   plan = lambda split, **kw: input_pipeline.BatchPlan(split, 32, 24, 0, layout="auto", **kw)
   short = plan(SPLIT)  # mean length 5 at L = 24: a row holds about four users
   assert short.layout == "packed" and short.packed_share <= 0.5 and "packed" in short.describe()
-  assert plan(SPLIT, packable=False).layout == "rows"  # e.g. --encoder=bsarec
+  unpacked = plan(SPLIT, packable=False)  # e.g. --encoder=bsarec: its short rows split off instead
+  assert unpacked.layout == "rows" and unpacked.short_length == 8 and 0 < unpacked.long_rows < 32
+  assert "split off" in unpacked.describe()
   assert plan(SPLIT, short_length=8).layout == "rows"
   long_log = click_log.synthetic_click_log(200, 60, seed=1, mean_length=40)
   long = plan(holdout.leave_one_out(long_log))

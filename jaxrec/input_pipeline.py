@@ -345,12 +345,12 @@ class BatchPlan:
     self.packed = layout == "packed" or (layout == "auto" and packable and not self.long_rows
                                          and self.packed_share <= 0.5)
     self.layout = "packed" if self.packed else ("plain" if layout == "plain" else "rows")
-    if layout == "auto" and not self.packed and not short_length and len(self.bucket_lengths) == 1:
+    shorter = padded_lengths(seq_length)[:-1]
+    if layout == "auto" and not self.packed and not short_length and len(self.bucket_lengths) == 1 and shorter:
       # Unpacked: split off the short rows at the padded length that leaves the encoder
       # the fewest slots, (B - C) S + C L, if that beats all rows at L.
-      best = min(((self.rows - self._long_rows(s)) * s + self._long_rows(s) * seq_length, s)
-                 for s in padded_lengths(seq_length)[:-1])
-      if best[0] < 0.75 * self.rows * seq_length:
+      best = min(((self.rows - self._long_rows(s)) * s + self._long_rows(s) * seq_length, s) for s in shorter)
+      if best[0] < 0.75 * self.rows * seq_length and self._long_rows(best[1]):
         self.short_length, self.long_rows = best[1], self._long_rows(best[1])
 
   def _long_rows(self, short_length: int) -> int:

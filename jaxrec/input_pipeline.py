@@ -370,8 +370,9 @@ class BatchPlan:
       lengths_GxR = np.zeros(self.rows, np.int64)
       lengths_GxR[:len(rows)] = self.input_lengths[rows]
       lengths_GxR = lengths_GxR.reshape(groups, per_group)
-      need = level_counts(lengths_GxR, length).max(axis=0)
-      self.level_capacity[length] = np.maximum(self.level_capacity.get(length, 0), need)
+      if not self.real_slots:  # the full softmax lists its real slots instead of levels
+        need = level_counts(lengths_GxR, length).max(axis=0)
+        self.level_capacity[length] = np.maximum(self.level_capacity.get(length, 0), need)
       if pack:
         used = max(first_fit(n_R, length)[3] for n_R in lengths_GxR)
         self.pack_rows[length] = max(self.pack_rows.get(length, 1), used)

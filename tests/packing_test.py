@@ -70,11 +70,11 @@ def random_params(config, seed):
   return jax.tree.map(lambda p: rng.normal(scale=0.5, size=p.shape).astype(np.float32), shapes)
 
 
-def negatives(loss):
+def negatives(loss, dtype=jnp.float32):
   if loss.kind != "mixed":
     return None
   ids = jnp.array([1, 4, 9, 16, 25], jnp.int32)
-  return ids, jnp.log(jnp.full((5,), 5.0 / NUM_ITEMS))
+  return ids, jnp.log(jnp.full((5,), 5.0 / NUM_ITEMS, dtype))
 
 
 def loss_and_grads(params, config, batch, loss):
@@ -93,10 +93,7 @@ def float64_reference(params, config, batch, loss):
     params64 = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
     batch64 = batch.replace(hot_weight=np.asarray(batch.hot_weight, np.float64),
                             row_mask=np.asarray(batch.row_mask, np.float64))
-    fn = lambda p: step_lib.loss_fn(p, Seq2Seq(config), batch64, None, loss,
-                                    None if loss.kind != "mixed" else
-                                    (jnp.array([1, 4, 9, 16, 25], jnp.int32),
-                                     jnp.log(jnp.full((5,), 5.0 / NUM_ITEMS, jnp.float64))))
+    fn = lambda p: step_lib.loss_fn(p, Seq2Seq(config), batch64, None, loss, negatives(loss, jnp.float64))
     value, grads = jax.value_and_grad(fn)(params64)
     return float(value), jax.tree.map(np.asarray, grads)
 

@@ -36,7 +36,9 @@ def read_csv(path: str, raw: bytes, user_col: str, item_col: str, time_col: str)
                                               column_types={user_col: pa.string(), item_col: pa.string()}))
     if table.num_rows == 0:
       raise Unreadable()
-    return _columns(path, table, user_col, item_col, time_col)
+    columns = {name: table.column(name) for name in columns}
+    del table  # _columns frees each column as it converts it
+    return _columns(path, columns, user_col, item_col, time_col)
   except (pa.ArrowException, KeyError, InputError):
     raise Unreadable() from None
 
@@ -70,7 +72,9 @@ def read_pairs(path: str, raw: bytes):
     if width == 3 and not (pa.types.is_integer(table.column("time").type)
                            or pa.types.is_floating(table.column("time").type)):
       raise Unreadable()
-    return _columns(path, table, "user", "item", "time" if width == 3 else "")
+    columns = {name: table.column(name) for name in names}
+    del table
+    return _columns(path, columns, "user", "item", "time" if width == 3 else "")
   except (pa.ArrowException, KeyError, InputError):
     raise Unreadable() from None
 
@@ -85,36 +89,62 @@ def read_parquet(path: str, user_col: str, item_col: str, time_col: str):
     if not files:
       raise InputError(f"{path}: a directory without .parquet files")
   columns = [user_col, item_col] + ([time_col] if time_col else [])
-  tables = []
+  schemas, offsets = [], [0]
   for file in files:
     try:
-      names = pq.read_schema(file).names
+      schema = pq.read_schema(file)
       for flag, name in zip(("--user_col", "--item_col", "--time_col"), columns):
-        if name not in names:
-          raise InputError(f"{file}: no column {name!r} ({flag}) among {', '.join(names)}")
-      tables.append(pq.read_table(file, columns=columns))
+        if name not in schema.names:
+          raise InputError(f"{file}: no column {name!r} ({flag}) among {', '.join(schema.names)}")
+      schemas.append(pa.schema([schema.field(name) for name in columns]))
+      offsets.append(offsets[-1] + pq.ParquetFile(file).metadata.num_rows)
     except (pa.ArrowException, OSError) as e:
       raise InputError(f"{file}: not a readable Parquet file ({' '.join(str(e).split())[:200]})") from None
-  offsets = np.cumsum([0] + [t.num_rows for t in tables])
   try:
-    table = pa.concat_tables(tables, promote_options="permissive")
+    schema = pa.unify_schemas(schemas, promote_options="permissive")
   except pa.ArrowException as e:
     raise InputError(f"{path}: its files' columns do not agree ({' '.join(str(e).split())[:200]})") from None
-  if table.num_rows == 0:
+  if offsets[-1] == 0:
     raise InputError(f"{path}: no rows")
+  offsets = np.asarray(offsets)
 
   def where(row: int) -> str:  # the file and its row, 1-based
     f = int(np.searchsorted(offsets, row, side="right")) - 1
     return f"{files[f]}: row {row - offsets[f] + 1}"
-  return _columns(path, table, user_col, item_col, time_col, where)
+  return _columns(path, _ParquetColumns(files, schema), user_col, item_col, time_col, where)
 
 
-def _columns(path, table, user_col, item_col, time_col, where=None):
+class _ParquetColumns:
+  """The log's columns, each read from every file only when _columns pops it: one column of
+  the log is in Arrow's memory at a time."""
+
+  def __init__(self, files, schema):
+    self.files, self.schema = files, schema
+
+  def pop(self, name: str):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    kind = self.schema.field(name).type
+    chunks = []
+    for file in self.files:
+      try:
+        chunks += pq.read_table(file, columns=[name]).column(0).cast(kind).chunks
+      except (pa.ArrowException, OSError) as e:
+        raise InputError(f"{file}: not a readable Parquet file ({' '.join(str(e).split())[:200]})") from None
+    return pa.chunked_array(chunks, kind)
+
+
+def _columns(path, columns, user_col, item_col, time_col, where=None):
+  """(user ids, dense users int32, item ids, dense items int32, times float64 or None) of the
+  ChunkedArray columns, popped from `columns` one by one: with the table dropped by the caller,
+  each column's memory goes as it is converted, so Arrow's copy of the log is never alive
+  beside all of the numpy one."""
+  import pyarrow as pa
   import pyarrow.compute as pc
   where = where or (lambda row: f"{path}: data row {row + 1}")
   ids = []
   for name in (user_col, item_col):
-    column = table.column(name).combine_chunks()
+    column = columns.pop(name)
     if column.null_count:
       raise InputError(f"{where(_first(column.is_null()))}: empty user or item id")
     if not _is_integer(column):
@@ -123,30 +153,46 @@ def _columns(path, table, user_col, item_col, time_col, where=None):
       if pc.any(empty).as_py():
         raise InputError(f"{where(_first(empty))}: empty user or item id")
     ids.append(dense_ids(column))
+    del column
+    pa.default_memory_pool().release_unused()  # the allocator keeps freed pages otherwise
   times = None
   if time_col:
-    times = _seconds(table.column(time_col).combine_chunks(), where)
+    times = _seconds(columns.pop(time_col), where)
+    pa.default_memory_pool().release_unused()
   (user_ids, users), (item_ids, items) = ids
   return user_ids, users, item_ids, items, times
 
 
 def dense_ids(column):
-  """An Arrow column of ids -> (sorted unique raw ids as unicode [K], dense ids in 0..K-1 [N]).
+  """An Arrow column of ids -> (sorted unique raw ids as unicode [K], dense int32 ids in 0..K-1 [N]).
 
-  Hashing (dictionary encoding) then sorting the K distinct ids, not the N clicks.
+  Hashing (dictionary encoding) then sorting the K distinct ids, not the N clicks; chunk by
+  chunk, so only the int32 result is as long as the log.
   """
+  import pyarrow as pa
   import pyarrow.compute as pc
+  if isinstance(column, pa.Array):
+    column = pa.chunked_array([column])
   encoded = pc.dictionary_encode(column)
-  dictionary, indices = encoded.dictionary, encoded.indices.to_numpy()
+  # The kernel encodes every chunk against one memo table, so the chunks share its final
+  # dictionary; unify_dictionaries (seconds on string ids) only where that ever fails to hold.
+  if len({len(chunk.dictionary) for chunk in encoded.chunks}) > 1:
+    encoded = encoded.unify_dictionaries()
+  dictionary = encoded.chunks[-1].dictionary
   if _is_integer(column):
     order = np.argsort(dictionary.to_numpy(), kind="stable")
   elif pc.all(pc.match_substring_regex(dictionary, _PLAIN_INTEGER)).as_py():
     order = np.argsort(pc.cast(dictionary, "int64").to_numpy(), kind="stable")
   else:
     order = pc.array_sort_indices(dictionary).to_numpy()
-  rank = np.empty(len(order), np.int64)
-  rank[order] = np.arange(len(order))
-  return np.asarray(dictionary.take(order).to_pylist(), dtype=str), rank[indices]
+  rank = np.empty(len(order), np.int32)
+  rank[order] = np.arange(len(order), dtype=np.int32)
+  dense = np.empty(len(column), np.int32)
+  start = 0
+  for chunk in encoded.chunks:
+    dense[start:start + len(chunk)] = rank[chunk.indices.to_numpy()]
+    start += len(chunk)
+  return np.asarray(dictionary.take(order).to_pylist(), dtype=str), dense
 
 
 def _is_integer(column) -> bool:
@@ -155,6 +201,9 @@ def _is_integer(column) -> bool:
 
 
 def _first(mask) -> int:
+  import pyarrow as pa
+  if isinstance(mask, pa.ChunkedArray):
+    mask = mask.combine_chunks()
   return int(np.flatnonzero(mask.to_numpy(zero_copy_only=False))[0])
 
 
@@ -166,7 +215,11 @@ def _seconds(column, where) -> np.ndarray:
   if column.null_count:
     raise InputError(f"{where(_first(column.is_null()))}: no timestamp")
   if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
-    return column.to_numpy().astype(np.float64)
+    seconds, start = np.empty(len(column), np.float64), 0
+    for chunk in column.chunks:  # no int64 copy of the whole column beside the float64 one
+      seconds[start:start + len(chunk)] = chunk.to_numpy()
+      start += len(chunk)
+    return seconds
   if pa.types.is_timestamp(column.type) or pa.types.is_date(column.type):
     micros = pc.cast(pc.cast(column, pa.timestamp("us"), safe=False), pa.int64()).to_numpy()
     return micros / 1e6

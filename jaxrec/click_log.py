@@ -312,13 +312,16 @@ def _group_pairs(user_tokens, item_tokens, times) -> ClickLog:
 def _group_dense(user_ids, users, item_ids, items, times) -> ClickLog:
   """_group_pairs of clicks already as dense ids (0-based; items get padding row 0 here)."""
   item_ids = np.concatenate([np.array([""], dtype=item_ids.dtype), item_ids])
-  items = (items + 1).astype(np.int32)
+  items = items.astype(np.int32, copy=False)  # the readers' own array: shifted in place
+  items += 1
   order = _click_order(users, times)  # by user, then time, then file order; None: as they are
   counts = np.bincount(users, minlength=len(user_ids))
   indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+  del users
   if order is None:
     return ClickLog(user_ids, item_ids, indptr, items, times)
-  return ClickLog(user_ids, item_ids, indptr, items[order], None if times is None else times[order])
+  items = items[order]
+  return ClickLog(user_ids, item_ids, indptr, items, None if times is None else times[order])
 
 
 def _click_order(users: np.ndarray, times: np.ndarray | None) -> np.ndarray | None:
@@ -331,7 +334,10 @@ def _click_order(users: np.ndarray, times: np.ndarray | None) -> np.ndarray | No
     return None if bool((users[1:] >= users[:-1]).all()) else np.argsort(users, kind="stable")
   low, span = float(times.min()), float(times.max() - times.min())
   if np.isfinite(span) and (float(users.max()) + 1) * (span + 1) < 2.0**53 and bool((times == np.floor(times)).all()):
-    key = users * (span + 1) + (times - low)
+    key = users.astype(np.float64)  # in place: one float64 array as long as the log, not three
+    key *= span + 1
+    key -= low  # before adding the times: every partial result stays an integer below 2^53
+    key += times
     return None if bool((key[1:] >= key[:-1]).all()) else np.argsort(key, kind="stable")
   order = np.argsort(times, kind="stable")
   return order[np.argsort(users[order], kind="stable")]

@@ -13,6 +13,8 @@ Modules, imports flowing downward only (`main` and `serve` are the only ones tha
   export          user + item vectors with raw ids and metadata to one .npz
   model_export    the portable artifact: jax.export user tower (and ONNX), item vectors, vocabulary
   evaluate        user vectors in length blocks, full-ranking metrics
+  hosts           data shards: which users a process holds, ShardedPlan (the shards' batches
+                  concatenated, shapes agreed), gathering ranks and vectors across processes
   step            LossConfig, OptimizerConfig, TrainState, loss_fn, the dense and row-sparse steps
   input_pipeline  typed Batch, BatchPlan (buckets, length split, slots, sampler, epoch order),
                   prefetch, inference inputs, CSR helpers

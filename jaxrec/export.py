@@ -1,5 +1,7 @@
 """Export user and item vectors with raw ids to one .npz (SPEC section 6), for `jaxrec.recall`."""
 
+import dataclasses
+
 import numpy as np
 
 from jaxrec import evaluate
@@ -24,8 +26,13 @@ def history_ends(log: ClickLog, until: str) -> np.ndarray:
 
 
 def export_embeddings(params, config: ModelConfig, log: ClickLog, path: str, until: str = "none",
-                      batch_size: int = 1024, metadata: dict | None = None) -> dict:
+                      batch_size: int = 1024, metadata: dict | None = None, user_index=None,
+                      user_ids=None) -> dict:
   """Writes `path` atomically; returns the arrays written.
+
+  A multi-process run: `log` holds this process's users, `user_index` their indices among
+  `user_ids` (the whole log's); every process's vectors are gathered and the first process
+  writes them all, in the whole log's order (the others write nothing and return {}).
 
   `metadata` (e.g. the checkpoint step, the model config as JSON, the vocabulary's
   fingerprint) is stored as 0-d arrays beside the vectors; `jaxrec.recall` ignores it.
@@ -37,9 +44,18 @@ def export_embeddings(params, config: ModelConfig, log: ClickLog, path: str, unt
   ends = history_ends(log, until)
   users = np.arange(log.num_users)
   indptr, visited = input_pipeline.clicks_before(log, users, ends)
+  user_emb = evaluate.user_vectors(params, config, log, users, ends, batch_size)
+  if user_index is not None:
+    import jax
+    from jaxrec import hosts
+    _, user_emb = hosts.gather_rows(user_index, user_emb)
+    indptr, visited = hosts.gather_csr(user_index, indptr, visited)
+    if jax.process_index() != 0:
+      return {}
+    log = dataclasses.replace(log, user_ids=user_ids)
   arrays = {
       "user_ids": log.user_ids.astype(str),
-      "user_emb": evaluate.user_vectors(params, config, log, users, ends, batch_size),
+      "user_emb": user_emb,
       "item_ids": log.item_ids[1:].astype(str),
       "item_emb": evaluate.item_table(params, config)[1:],
       "visited_indptr": indptr,

@@ -23,6 +23,10 @@ class Split:
   valid_ends: np.ndarray  # [V] index of each validation target in log.items
   test_users: np.ndarray  # [T]
   test_ends: np.ndarray  # [T]
+  # One process's share of a multi-process run (hosts.subset_split): each user's index in the
+  # whole log, and the whole log's training clicks per item. None: the log is the whole log.
+  user_index: np.ndarray | None = None  # [U]
+  counts: np.ndarray | None = None  # [I]
 
   @property
   def train_users(self) -> np.ndarray:
@@ -34,7 +38,9 @@ class Split:
     return len(self.valid_users) > 0
 
   def item_counts(self) -> np.ndarray:
-    """[I] training clicks per item (padding 0 has none)."""
+    """[I] training clicks per item (padding 0 has none), over the whole log."""
+    if self.counts is not None:
+      return self.counts
     starts = self.log.indptr[:-1]
     in_train = np.repeat(np.arange(self.log.num_users), self.log.lengths())
     offsets = np.arange(len(self.log.items)) - starts[in_train]

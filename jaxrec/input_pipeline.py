@@ -70,9 +70,9 @@ class PopularitySampler:
     return lo.reshape(shape)
 
 
-def epoch_order(num_rows: int, seed: int, epoch: int) -> np.ndarray:
+def epoch_order(num_rows: int, seed: int, epoch: int, shard: tuple = ()) -> np.ndarray:
   """The shuffle of an epoch: a pure function of (seed, epoch), so runs resume exactly."""
-  return np.random.default_rng([seed, epoch, 0x5EED]).permutation(num_rows)
+  return np.random.default_rng([seed, epoch, 0x5EED, *shard]).permutation(num_rows)
 
 
 def bucket_of(input_lengths_R: np.ndarray, bucket_lengths: tuple) -> np.ndarray:
@@ -81,14 +81,14 @@ def bucket_of(input_lengths_R: np.ndarray, bucket_lengths: tuple) -> np.ndarray:
 
 
 def epoch_batches(bucket_R: np.ndarray, num_buckets: int, batch_size: int, seed: int,
-                  epoch: int) -> list:
+                  epoch: int, shard: tuple = ()) -> list:
   """Row indices of every batch of an epoch, a pure function of (seed, epoch).
 
   Rows are shuffled; each batch takes rows of one length bucket, and the batches of
   all buckets are shuffled together. With one bucket, batches are consecutive slices
   of `epoch_order`. The number of batches is the same every epoch.
   """
-  order = epoch_order(len(bucket_R), seed, epoch)
+  order = epoch_order(len(bucket_R), seed, epoch, shard)
   batches = []
   for b in range(num_buckets):
     members = order[bucket_R[order] == b] if num_buckets > 1 else order
@@ -130,9 +130,10 @@ class Batch:
 
 
 def train_batch(split: Split, sampler: PopularitySampler, users: np.ndarray, batch_size: int,
-                seq_length: int, seed: int, epoch: int, step: int) -> Batch:
+                seq_length: int, seed: int, epoch: int, step: int, shard: tuple = ()) -> Batch:
   """The batch of `users`, exactly as SPEC section 1, padded to `batch_size` rows with masked
-  rows. The random negatives are a pure function of (seed, epoch, step)."""
+  rows. The random negatives are a pure function of (seed, epoch, step) and the data shard
+  (hosts.ShardedPlan: () for an unsharded run)."""
   log = split.log
   starts, ends = log.indptr[users], split.train_end[users]
   input_ids = left_padded(log.items, starts, ends - 1, seq_length)
@@ -141,22 +142,24 @@ def train_batch(split: Split, sampler: PopularitySampler, users: np.ndarray, bat
   if rows < batch_size:
     pad = ((0, batch_size - rows), (0, 0))
     input_ids, label = np.pad(input_ids, pad), np.pad(label, pad)
-  rng = np.random.default_rng([seed, epoch, step])
+  rng = np.random.default_rng([seed, epoch, step, *shard])
   negatives = sampler.sample(rng, label.shape)
   label = np.where(input_ids == PAD, negatives, label)
   row_mask = (np.arange(batch_size) < rows).astype(np.float32)
   return Batch(input_ids=input_ids, label=label, hot_weight=sampler.log_q[label], row_mask=row_mask)
 
 
-def real_slots(input_ids_BxL: np.ndarray, row_mask_B: np.ndarray, groups: int) -> np.ndarray:
+def real_slots(input_ids_BxL: np.ndarray, row_mask_B: np.ndarray, groups: int, most: int | None = None) -> np.ndarray:
   """[G, C] int32 for --loss=full: for each of G groups of B / G rows (one per device), the
   flat indices (row * L + position, within the group) of its real slots, then -1.
 
-  C is the most any group has, rounded up by slot_capacity: few distinct shapes, so few
-  compiles of the train step, and (from 1024 slots on) at most 1/8 more slots scored.
+  C is the most any group has (or `most`, agreed between data shards), rounded up by
+  slot_capacity: few distinct shapes, so few compiles of the train step, and (from 1024
+  slots on) at most 1/8 more slots scored.
   """
   real_GxT = ((input_ids_BxL != PAD) & (row_mask_B[:, None] > 0)).reshape(groups, -1)
-  slots = np.full((groups, slot_capacity(int(real_GxT.sum(axis=1).max()))), -1, np.int32)
+  most = int(real_GxT.sum(axis=1).max()) if most is None else int(most)
+  slots = np.full((groups, slot_capacity(most)), -1, np.int32)
   for g, real_T in enumerate(real_GxT):
     index = np.flatnonzero(real_T)
     slots[g, :len(index)] = index
@@ -320,14 +323,19 @@ class BatchPlan:
 
   def __init__(self, split: Split, batch_size: int, seq_length: int, seed: int, num_devices: int = 1,
                bucket_lengths: tuple = (), short_length: int = 0, real_slots: bool = False,
-               layout: str = "auto", packable: bool = True):
+               layout: str = "auto", packable: bool = True, shard: tuple = (), item_counts=None,
+               settle: bool = True):
+    """`shard`, `item_counts` and settle=False: one data shard of hosts.ShardedPlan, which
+    settles every shard's capacities together (`settle`) and agrees each step's shapes."""
     if layout not in LAYOUTS:
       raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     if short_length and layout in ("packed", "plain"):
       raise ValueError(f"short_length splits rows: it needs layout rows or auto, not {layout}")
-    self.split, self.batch_size, self.seed = split, batch_size, seed
+    self.split, self.batch_size, self.seed, self.shard = split, batch_size, seed, shard
     self.num_devices, self.short_length, self.real_slots = num_devices, short_length, real_slots
+    self.requested, self.packable = layout, packable
     self.train_users = split.train_users
+    self.num_sequences = len(self.train_users)  # over every process (hosts.ShardedPlan)
     self.rows = round_up(batch_size, num_devices)
     self.bucket_lengths = padded_lengths(seq_length, bucket_lengths)
     self.input_lengths = np.minimum(split.train_end[self.train_users] - split.log.indptr[self.train_users] - 1,
@@ -336,17 +344,35 @@ class BatchPlan:
     counts = np.bincount(self.bucket_U, minlength=len(self.bucket_lengths))
     self.steps_per_epoch = int(sum(-(-c // batch_size) for c in counts))
     self.long_rows = self._long_rows(short_length) if short_length else 0
-    self.sampler = PopularitySampler(split.item_counts())
+    self.sampler = PopularitySampler(split.item_counts() if item_counts is None else item_counts)
     self._order = (None, None)  # (epoch, its batches' rows): one epoch's order is kept
     self.pack_rows, self.level_capacity = {}, {}  # padded length -> capacity
     self.packed_share = 1.0  # packed rows / plain rows over the first epoch
+    self.packed, self.layout = False, "plain" if layout == "plain" else "rows"
+    self.needs = {}  # padded length -> the most the first epoch's batches need (_measure)
+    self.packed_slots = self.plain_slots = 0
     if layout != "plain":
-      self._plan_capacities(pack=layout in ("packed", "auto") and not self.long_rows)
-    self.packed = layout == "packed" or (layout == "auto" and packable and not self.long_rows
+      self._measure(pack=layout in ("packed", "auto") and not self.long_rows)
+    if settle:
+      self.settle()
+
+  def settle(self, needs: dict | None = None, packed_share: float | None = None) -> None:
+    """Capacities from the first epoch's needs (or those agreed between shards), and the layout."""
+    needs = self.needs if needs is None else needs
+    per_group = self.rows // self.num_devices
+    self.level_capacity = {k: tuple(min(per_group, with_slack(int(n))) for n in v["levels"])
+                           for k, v in needs.items() if "levels" in v}
+    self.pack_rows = {k: min(per_group, with_slack(v["pack"])) for k, v in needs.items() if "pack" in v}
+    if packed_share is None and self.plain_slots:
+      packed_share = self.packed_slots / self.plain_slots
+    self.packed_share = 1.0 if packed_share is None else packed_share
+    layout, seq_length = self.requested, self.bucket_lengths[-1]
+    self.packed = layout == "packed" or (layout == "auto" and self.packable and not self.long_rows
                                          and self.packed_share <= 0.5)
     self.layout = "packed" if self.packed else ("plain" if layout == "plain" else "rows")
     shorter = padded_lengths(seq_length)[:-1]
-    if layout == "auto" and not self.packed and not short_length and len(self.bucket_lengths) == 1 and shorter:
+    if (layout == "auto" and not self.packed and not self.short_length and len(self.bucket_lengths) == 1
+        and shorter and not self.shard):
       # Unpacked: split off the short rows at the padded length that leaves the encoder
       # the fewest slots, (B - C) S + C L, if that beats all rows at L.
       best = min(((self.rows - self._long_rows(s)) * s + self._long_rows(s) * seq_length, s) for s in shorter)
@@ -360,28 +386,46 @@ class BatchPlan:
     expected = self.batch_size * p + 4 * np.sqrt(self.batch_size * p * (1 - p)) + 1
     return int(min(self.rows - self.num_devices, round_up(int(np.ceil(expected)), self.num_devices)))
 
-  def _plan_capacities(self, pack: bool) -> None:
-    """Packed rows and loss-level rows per group that the first epoch's batches need."""
-    groups, per_group = self.num_devices, self.rows // self.num_devices
-    packed, plain = 0, 0
+  def _lengths_GxR(self, epoch: int, index: int) -> np.ndarray:
+    """[G, B / G] input lengths of the rows of batch `index` of `epoch` (0 on padding rows)."""
+    rows = self.rows_of(epoch, index)
+    lengths = np.zeros(self.rows, np.int64)
+    lengths[:len(rows)] = self.input_lengths[rows]
+    return lengths.reshape(self.num_devices, -1)
+
+  def _length(self, rows: np.ndarray) -> int:
+    return self.bucket_lengths[self.bucket_U[rows[0]]] if len(rows) else self.bucket_lengths[-1]
+
+  def _measure(self, pack: bool) -> None:
+    """What the first epoch's batches need per padded length: packed rows per group and rows
+    per loss level (the full softmax lists its real slots instead), and the packed share."""
+    per_group = self.rows // self.num_devices
     for index in range(self.steps_per_epoch):
-      rows = self.rows_of(0, index)
-      length = self.bucket_lengths[self.bucket_U[rows[0]]]
-      lengths_GxR = np.zeros(self.rows, np.int64)
-      lengths_GxR[:len(rows)] = self.input_lengths[rows]
-      lengths_GxR = lengths_GxR.reshape(groups, per_group)
-      if not self.real_slots:  # the full softmax lists its real slots instead of levels
-        need = level_counts(lengths_GxR, length).max(axis=0)
-        self.level_capacity[length] = np.maximum(self.level_capacity.get(length, 0), need)
+      length = self._length(self.rows_of(0, index))
+      lengths_GxR = self._lengths_GxR(0, index)
+      need = self.needs.setdefault(length, {})
+      if not self.real_slots:
+        need["levels"] = np.maximum(need.get("levels", 0), level_counts(lengths_GxR, length).max(axis=0))
       if pack:
         used = max(first_fit(n_R, length)[3] for n_R in lengths_GxR)
-        self.pack_rows[length] = max(self.pack_rows.get(length, 1), used)
-        packed, plain = packed + used * length, plain + per_group * length
-    self.level_capacity = {k: tuple(min(per_group, with_slack(int(n))) for n in v)
-                           for k, v in self.level_capacity.items()}
-    self.pack_rows = {k: min(per_group, with_slack(v)) for k, v in self.pack_rows.items()}
-    if plain:
-      self.packed_share = packed / plain
+        need["pack"] = max(need.get("pack", 1), used)
+        self.packed_slots, self.plain_slots = self.packed_slots + used * length, self.plain_slots + per_group * length
+
+  def step_needs(self, epoch: int) -> np.ndarray:
+    """[steps, 2 + levels] what each batch of `epoch` needs (one padded length): the most real
+    slots of a group, packed rows of a group, rows of each loss level after the first.
+    Data shards take the elementwise max of theirs (hosts.ShardedPlan), so that every shard
+    builds a batch of the same shapes."""
+    length = self.bucket_lengths[-1]
+    levels = len(level_ends(length)) - 1
+    out = np.zeros((self.steps_per_epoch, 2 + levels), np.int64)
+    for index in range(self.steps_per_epoch):
+      lengths_GxR = self._lengths_GxR(epoch, index)
+      out[index, 0] = lengths_GxR.sum(axis=1).max()
+      if self.packed:
+        out[index, 1] = max(first_fit(n_R, length)[3] for n_R in lengths_GxR)
+      out[index, 2:] = level_counts(lengths_GxR, length).max(axis=0)
+    return out
 
   def describe(self) -> str:
     """One line for the log: the layout and its capacities at the longest padded length."""
@@ -396,27 +440,32 @@ class BatchPlan:
     return "batch layout plain: one user per row, lbm logits at every slot"
 
   def rows_of(self, epoch: int, index: int) -> np.ndarray:
-    """Indices into train_users of batch `index` of `epoch`."""
+    """Indices into train_users of batch `index` of `epoch` (none past this shard's batches)."""
     if self._order[0] != epoch:
       self._order = (epoch, epoch_batches(self.bucket_U, len(self.bucket_lengths), self.batch_size,
-                                          self.seed, epoch))
-    return self._order[1][index]
+                                          self.seed, epoch, self.shard))
+    return self._order[1][index] if index < len(self._order[1]) else np.zeros(0, np.int64)
 
-  def batch(self, epoch: int, index: int) -> tuple[Batch, int]:
-    """(host batch, real rows) of step `index` of `epoch`."""
+  def batch(self, epoch: int, index: int, need: np.ndarray | None = None) -> tuple[Batch, int]:
+    """(host batch, real rows) of step `index` of `epoch`; `need`: the shards' agreed
+    step_needs row, which fixes the batch's shapes (else this batch's own needs do)."""
     rows = self.rows_of(epoch, index)
-    length = self.bucket_lengths[self.bucket_U[rows[0]]]
+    length = self._length(rows)
     batch = train_batch(self.split, self.sampler, self.train_users[rows], self.rows, length, self.seed,
-                        epoch, index)
+                        epoch, index, self.shard)
     if self.real_slots:
-      batch = batch.replace(slots=real_slots(batch.input_ids, batch.row_mask, self.num_devices))
+      batch = batch.replace(slots=real_slots(batch.input_ids, batch.row_mask, self.num_devices,
+                                             None if need is None else need[0]))
     elif self.layout != "plain":
-      batch = batch.replace(loss_rows=level_rows(batch.input_ids, batch.row_mask, self.num_devices,
-                                                 self.level_capacity[length]))
+      capacity = self.level_capacity[length]
+      fits = need is None or bool((need[2:2 + len(capacity)] <= np.asarray(capacity, np.int64)).all())
+      batch = batch.replace(loss_rows=level_rows(batch.input_ids, batch.row_mask, self.num_devices, capacity)
+                            if fits else None)
     if self.long_rows:
       batch = split_by_length(batch, self.short_length, self.long_rows)
     elif self.packed:
-      packed = pack(batch.input_ids, self.num_devices, self.pack_rows[length])
+      fits = need is None or need[1] <= self.pack_rows[length]
+      packed = pack(batch.input_ids, self.num_devices, self.pack_rows[length]) if fits else None
       if packed is not None:
         batch = batch.replace(packed_ids=packed[0], segments=packed[1], unpack=packed[2])
     return batch, len(rows)

@@ -146,6 +146,11 @@ flags.DEFINE_bool("onnx", False, "--mode=export_model: also write user_tower.onn
 flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", 1, "Processes in a multi-process run.", lower_bound=1)
 flags.DEFINE_integer("process_id", 0, "This process's index in a multi-process run.", lower_bound=0)
+flags.DEFINE_integer("data_shards", 0, "Split the users into this many shards by a hash of their id, "
+                     "each with its own batches of batch_size / data_shards rows; a process holds "
+                     "data_shards / num_processes of them and only their users' clicks. 0: "
+                     "--num_processes. The batches depend on this, not on the process count: one "
+                     "process with --data_shards=N trains as N processes do.", lower_bound=0)
 
 FLAGS = flags.FLAGS
 
@@ -242,6 +247,13 @@ _rule(["label_smoothing", "loss"], lambda v: not (v["label_smoothing"] and v["lo
       lambda v: "--label_smoothing: only for --loss=full (a sampled softmax has no catalog to spread over)")
 _rule(["process_id", "num_processes"], lambda v: v["process_id"] < v["num_processes"],
       lambda v: f"--process_id={v['process_id']}: must be in [0, --num_processes)")
+_rule(["data_shards", "num_processes"], lambda v: (v["data_shards"] or v["num_processes"]) % v["num_processes"] == 0,
+      lambda v: f"--data_shards={v['data_shards']}: must be a multiple of --num_processes={v['num_processes']}")
+for _name in ("bucket_lengths", "short_length"):
+  _rule(["data_shards", "num_processes", _name],
+        lambda v, n=_name: (v["data_shards"] or v["num_processes"]) == 1 or not v[n],
+        lambda v, n=_name: f"--{n}: not with several data shards (--data_shards, --num_processes), whose "
+                           "batches must share one padded length; the default --layout packs instead")
 _rule(["num_processes", "coordinator_address"],
       lambda v: v["num_processes"] == 1 or bool(v["coordinator_address"]),
       lambda v: "--coordinator_address: required when --num_processes > 1")
@@ -282,9 +294,24 @@ def train_config(num_items: int):
                      select_metric=FLAGS.select_metric, prefetch=FLAGS.prefetch,
                      bucket_lengths=bucket_lengths(),
                      sparse_embedding_updates=FLAGS.sparse_embedding_updates,
-                     short_length=FLAGS.short_length, layout=FLAGS.layout,
+                     short_length=FLAGS.short_length, layout=FLAGS.layout, data_shards=data_shards(),
                      loss=LossConfig(FLAGS.loss, FLAGS.remove_accidental_hits, FLAGS.num_negatives,
                                      FLAGS.negative_distribution, FLAGS.log_q, FLAGS.label_smoothing))
+
+
+def data_shards() -> int:
+  return FLAGS.data_shards or FLAGS.num_processes
+
+
+def own_share(split: holdout.Split) -> holdout.Split:
+  """This process's users of `split` (several processes), with the whole log's item counts."""
+  if FLAGS.num_processes == 1:
+    return split
+  from jaxrec import hosts
+  users = hosts.own_users(split.log.user_ids, data_shards())
+  console.every_process("holds %d of %d users (data shards %s of %d)", len(users), split.log.num_users,
+                        ",".join(map(str, hosts.own_shards(data_shards()))), data_shards())
+  return hosts.subset_split(split, users, split.item_counts())
 
 
 def bucket_lengths() -> tuple:
@@ -310,7 +337,7 @@ TRAIN_FLAGS = ("seq_length", "hidden_size", "num_attention_heads", "num_hidden_l
                "num_epochs", "learning_rate", "lr_schedule", "warmup_steps", "weight_decay",
                "grad_clip_norm", "loss", "remove_accidental_hits", "num_negatives",
                "negative_distribution", "log_q", "label_smoothing", "sparse_embedding_updates",
-               "short_length", "bucket_lengths", "seed", "eval_every_epochs", "eval_ks",
+               "short_length", "bucket_lengths", "data_shards", "seed", "eval_every_epochs", "eval_ks",
                "patience", "select_metric", "holdout", "split", "valid_from", "test_from",
                "init_from", "init_checkpoints")
 
@@ -372,6 +399,7 @@ def run_train(log: click_log.ClickLog) -> None:
                      "3 or more clicks keep their last 2 for validation and test): nothing to train on")
   config = train_config(log.num_items)
   train_flags = {name: FLAGS[name].value for name in TRAIN_FLAGS}
+  train_flags["data_shards"] = data_shards()  # the batches depend on the resolved count
   checkpoints.check_same_model(FLAGS.workdir, config.model)
   checkpoints.check_train_flags(FLAGS.workdir, train_flags, set(FLAGS.allow_changed_flags))
   prepare_workdir(FLAGS.workdir)
@@ -382,6 +410,8 @@ def run_train(log: click_log.ClickLog) -> None:
       vocab.save_vocab(log, vocab_path, new_items, split.item_counts())
   run_info = {"flags": train_flags, "data": data_fingerprint(log), "versions": versions(),
               "vocab_fingerprint": vocab.vocab_fingerprint(log.item_ids)}
+  split = own_share(split)  # several processes: the other users' clicks are dropped here
+  del log
   try:
     train.train_and_evaluate(config, split, FLAGS.workdir, run_info, base and base.params)
   except train.Preempted as e:
@@ -419,14 +449,18 @@ def run_eval(log: click_log.ClickLog) -> None:
     raise InputError("--mode=eval: --holdout=none holds nothing out to evaluate")
   from jaxrec import checkpoints
   config, mgr, step = model_checkpoint()
-  split = make_split(in_model_ids(log, config))
+  split = own_share(make_split(in_model_ids(log, config)))
+  del log
   params = checkpoints.restore_params(mgr, step)
   ks = tuple(int(k) for k in FLAGS.eval_ks)
+  rows = [{"split": which, "step": step, "mode": "eval",
+           **evaluate.evaluate(params, config, split, which, ks, FLAGS.eval_batch_size)}
+          for which in ("valid", "test")]
+  if not console.is_main_process():
+    return
   path = os.path.join(FLAGS.workdir, "metrics.jsonl")
   with errors.writing(path, "the evaluation printed above is complete"), open(path, "a") as f:
-    for which in ("valid", "test"):
-      row = {"split": which, "step": step, "mode": "eval",
-             **evaluate.evaluate(params, config, split, which, ks, FLAGS.eval_batch_size)}
+    for row in rows:
       evaluate.print_table(row)
       f.write(json.dumps(row) + "\n")
 
@@ -446,9 +480,18 @@ def run_export(log: click_log.ClickLog) -> None:
   params = checkpoints.restore_params(mgr, step)
   metadata = {"step": step, "model_config": json.dumps(dataclasses.asdict(config), sort_keys=True),
               "vocab_fingerprint": vocab.vocab_fingerprint(log.item_ids)}
+  shard = {}
+  if FLAGS.num_processes > 1:  # each process its own users' vectors; the first writes them all
+    from jaxrec import hosts
+    users = hosts.own_users(log.user_ids, data_shards())
+    console.every_process("exports %d of %d users", len(users), log.num_users)
+    shard = {"user_index": users, "user_ids": log.user_ids}
+    log = hosts.subset_log(log, users)
   with errors.writing(path, "nothing was written there"):
     arrays = export.export_embeddings(params, config, log, path, FLAGS.export_until, FLAGS.eval_batch_size,
-                                      metadata)
+                                      metadata, **shard)
+  if not arrays:
+    return
   console.info("wrote %s: %d users, %d items, checkpoint step %d", path, len(arrays["user_ids"]),
                len(arrays["item_ids"]), step)
 
@@ -488,11 +531,12 @@ def main(argv) -> None:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if FLAGS.mode == "export_model":
     return run_export_model(None)
-  start = time.perf_counter()
-  log = load_click_log()
   if FLAGS.mode == "inspect":
+    start = time.perf_counter()
+    log = load_click_log()
     return run_inspect(log, time.perf_counter() - start)
-  {"train": run_train, "eval": run_eval, "export": run_export}[FLAGS.mode](log)
+  # Not kept here: a multi-process run drops the other processes' users once it has split them.
+  {"train": run_train, "eval": run_eval, "export": run_export}[FLAGS.mode](load_click_log())
 
 
 def run() -> None:

@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxrec import checkpoints
 from jaxrec import console
 from jaxrec import evaluate
+from jaxrec import hosts
 from jaxrec import input_pipeline
 from jaxrec import saves
 from jaxrec import step as step_lib
@@ -59,6 +60,7 @@ class TrainConfig:
   sparse_embedding_updates: bool = False  # lazy Adam on the touched table rows only
   short_length: int = 0  # run each batch's short rows at this padded length (same batches, same loss)
   layout: str = "auto"  # input_pipeline.LAYOUTS: how the encoder and the loss see a batch (same loss)
+  data_shards: int = 1  # users split by hosts.shard_of, each shard its own batches (hosts.ShardedPlan)
 
 
 
@@ -67,13 +69,12 @@ def data_mesh() -> Mesh:
 
 
 def to_global(batch: Batch, sharding: NamedSharding) -> Batch:
-  """Host batch -> global arrays; each process sends only the rows of its own devices."""
+  """Host batch -> global arrays. Several processes: `batch` is this process's part (its data
+  shards' batches, hosts.ShardedPlan), the global batch their concatenation in process order."""
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)  # one call for all arrays: half the time
-  def local(v):
-    per_process = v.shape[0] // jax.process_count()
-    return v[jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
-  return jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, local(v), v.shape), batch)
+  return jax.tree.map(lambda v: jax.make_array_from_process_local_data(
+      sharding, v, (v.shape[0] * jax.process_count(),) + v.shape[1:]), batch)
 
 
 SUCCESS = "_SUCCESS"  # written last, once summary.json is complete
@@ -90,10 +91,16 @@ class Trainer:
     self.mesh = data_mesh()
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = NamedSharding(self.mesh, P("data"))
-    self.plan = input_pipeline.BatchPlan(
-        split, config.batch_size, config.model.seq_length, config.seed, jax.device_count(),
-        config.bucket_lengths, config.short_length, real_slots=config.loss.kind == "full",
-        layout=config.layout, packable=config.model.encoder == "spec")
+    layout = dict(real_slots=config.loss.kind == "full", layout=config.layout,
+                  packable=config.model.encoder == "spec")
+    if config.data_shards > 1 or jax.process_count() > 1:
+      self.plan = hosts.ShardedPlan(split, config.batch_size, config.model.seq_length, config.seed,
+                                    config.data_shards, jax.local_device_count(), split.item_counts(),
+                                    **layout)
+    else:
+      self.plan = input_pipeline.BatchPlan(
+          split, config.batch_size, config.model.seq_length, config.seed, jax.device_count(),
+          config.bucket_lengths, config.short_length, **layout)
     self.train_users, self.rows = self.plan.train_users, self.plan.rows
     self.steps_per_epoch = self.plan.steps_per_epoch
     self.total_steps = self.steps_per_epoch * config.num_epochs
@@ -248,7 +255,7 @@ def _run(trainer: Trainer, log: MetricsLog):
   progress = EvalProgress.load(trainer.workdir)
   step = int(jax.device_get(state.step))
   console.info("%d training sequences, %d steps/epoch x %d epochs, global batch %d on %d device(s)",
-               len(trainer.train_users), trainer.steps_per_epoch, config.num_epochs, trainer.rows,
+               trainer.plan.num_sequences, trainer.steps_per_epoch, config.num_epochs, trainer.rows,
                jax.device_count())
   console.info("%s", trainer.plan.describe())
   epoch_done, into_epoch = divmod(step, trainer.steps_per_epoch)

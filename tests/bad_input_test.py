@@ -169,6 +169,12 @@ CASES = {
                                ("error: --layout=packed: not with --encoder=bsarec (its filter spans the "
                                 "whole row)",)),
     "unknown_layout": Case(SYN + " --layout=dense", ("--layout",)),
+    "data_shards_not_a_multiple": Case(SYN + " --num_processes=2 --coordinator_address=127.0.0.1:1 --data_shards=3",
+                                       ("error: --data_shards=3: must be a multiple of --num_processes=2",)),
+    "short_length_with_data_shards": Case(SYN + " --data_shards=2 --short_length=4",
+                                          ("error: --short_length: not with several data shards",)),
+    "bucket_lengths_with_data_shards": Case(SYN + " --data_shards=2 --bucket_lengths=4",
+                                            ("error: --bucket_lengths: not with several data shards",)),
     "eval_ks_without_10": Case(SYN + " --eval_ks=5,20 --eval_every_epochs=1", ("error: --select_metric=ndcg@10: expected mrr, or hr@K or ndcg@K with K in --eval_ks=5,20",)),
     "label_smoothing_with_inbatch": Case(SYN + " --label_smoothing=0.1", ("--label_smoothing: only for --loss=full",)),
     "label_smoothing_one": Case(SYN + " --loss=full --label_smoothing=1", ("--label_smoothing=1.0: must be in [0, 1)",)),

@@ -1,12 +1,14 @@
-"""Two processes joined by jax.distributed train exactly like one process on one device.
+"""Two processes joined by jax.distributed, each holding only its own users (hosts.py).
 
-Runs the real CLI (`python -m jaxrec.main`) three times on one machine: once alone on 1 CPU
-device, and as 2 processes x 2 CPU devices with a loopback coordinator, then compares the
-final checkpoints' parameters.
+Runs the real CLI (`python -m jaxrec.main`) on one machine: 2 processes x 2 CPU devices
+with a loopback coordinator, against one process of 4 devices given the same 2 data shards
+(--data_shards=2, so the same batches). Training must agree; evaluation and export of fixed
+parameters must equal the single process's, evaluation exactly.
 """
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -39,6 +41,13 @@ def _launch(workdir, num_devices: int, extra=()):
                           env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _pair(workdir, extra=()) -> list:
+  """The two processes of a 2-process run."""
+  port = _free_port()
+  return [_launch(workdir, 2, (f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                               f"--process_id={i}", *extra)) for i in range(2)]
+
+
 def _wait_all(procs) -> list:
   """Waits for every process; on a failure or the deadline kills the rest (no hung CI)."""
   deadline = time.monotonic() + TIMEOUT_S
@@ -68,17 +77,19 @@ def _final_params(workdir):
   return step, params
 
 
-def test_two_processes_train_like_one_device(tmp_path):
+@pytest.mark.parametrize("layout", [("--layout=packed",), ("--loss=full", "--layout=rows")],
+                         ids=["inbatch-packed", "full-rows"])
+def test_two_processes_train_like_one_process_with_their_data_shards(tmp_path, layout):
   single, multi = tmp_path / "single", tmp_path / "multi"
-  port = _free_port()
-  procs = [_launch(single, 1)]
-  procs += [_launch(multi, 2, (f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                               f"--process_id={i}")) for i in range(2)]
+  procs = [_launch(single, 4, ("--data_shards=2", *layout))] + _pair(multi, layout)
   outputs = _wait_all(procs)
-  assert "on 1 device(s)" in outputs[0], outputs[0][-2000:]
-  # 18 rows padded to 4 devices; progress is printed by the first process only.
+  # Each of the 2 shards has 9 users a batch, padded to its 2 devices: 10 rows, 20 in all.
+  assert "global batch 20 on 4 device(s)" in outputs[0], outputs[0][-2000:]
   assert "global batch 20 on 4 device(s)" in outputs[1], outputs[1][-2000:]
+  assert "2 data shards of 10 rows" in outputs[1], outputs[1][-2000:]
+  # progress is printed by the first process only
   assert "global batch" not in outputs[2] and "step" not in outputs[2], outputs[2][-2000:]
+  _assert_disjoint_shares(outputs[1:], "holds")
   single_step, single_params = _final_params(single)
   multi_step, multi_params = _final_params(multi)
   assert single_step == multi_step >= 2
@@ -93,6 +104,45 @@ def test_two_processes_train_like_one_device(tmp_path):
   single_rows, multi_rows = (_train_rows(workdir) for workdir in (single, multi))
   assert len(single_rows) == len(multi_rows) == 1
   assert multi_rows[0]["loss"] == pytest.approx(single_rows[0]["loss"], rel=1e-5)
+
+
+def test_two_processes_evaluate_and_export_fixed_parameters_like_one(tmp_path):
+  """Each process ranks and encodes only its own users; the combined metrics equal one
+  process's exactly, and the first process writes every user's vector."""
+  workdir = tmp_path / "run"
+  _wait_all([_launch(workdir, 1, ("--eval_every_epochs=1",))])
+  single_npz, multi_npz = tmp_path / "single.npz", tmp_path / "multi.npz"
+  _wait_all([_launch(workdir, 1, ("--mode=eval",))])
+  single_eval = _eval_rows(workdir)
+  _assert_disjoint_shares(_wait_all(_pair(workdir, ("--mode=eval",))), "holds")
+  multi_eval = _eval_rows(workdir)[len(single_eval):]
+  assert len(single_eval) == len(multi_eval) == 2  # valid and test, written once
+  for one, two in zip(single_eval, multi_eval):
+    assert one == two and one["count"] > 10
+  _wait_all([_launch(workdir, 1, ("--mode=export", f"--output={single_npz}"))])
+  _assert_disjoint_shares(_wait_all(_pair(workdir, ("--mode=export", f"--output={multi_npz}"))), "exports")
+  one, two = np.load(single_npz), np.load(multi_npz)
+  np.testing.assert_array_equal(two["user_ids"], one["user_ids"])
+  np.testing.assert_array_equal(two["visited_indptr"], one["visited_indptr"])
+  np.testing.assert_array_equal(two["visited_indices"], one["visited_indices"])
+  np.testing.assert_array_equal(two["item_emb"], one["item_emb"])
+  # XLA may round a user's vector by the block it runs in: float32 rounding, not more.
+  np.testing.assert_allclose(two["user_emb"], one["user_emb"], rtol=1e-5, atol=1e-6)
+
+
+def _assert_disjoint_shares(outputs, verb):
+  """Each process says how many users it kept; together they are every user, once."""
+  kept = []
+  for i, out in enumerate(outputs):
+    match = re.search(rf"process {i}/2 {verb} (\d+) of (\d+) users", out)
+    assert match, out[-2000:]
+    kept.append((int(match[1]), int(match[2])))
+  assert 0 < kept[0][0] < kept[0][1] and kept[0][0] + kept[1][0] == kept[0][1] == kept[1][1], kept
+
+
+def _eval_rows(workdir) -> list:
+  with open(workdir / "metrics.jsonl") as f:
+    return [row for row in map(json.loads, f) if row.get("mode") == "eval"]
 
 
 def _train_rows(workdir) -> list:

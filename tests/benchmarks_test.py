@@ -127,3 +127,11 @@ def test_accuracy_bench_run_minutes_leaves_out_long_gaps(tmp_path):
   assert run_minutes(str(tmp_path), max_gap_minutes=10) == pytest.approx((60 + 60 + 30) / 60)
   assert run_minutes(str(tmp_path), max_gap_minutes=100) == pytest.approx((5030 - 100) / 60)
   assert math.isnan(run_minutes(str(tmp_path / "no_run"), max_gap_minutes=10))
+
+
+def test_scale_bench_runs_every_stage_on_a_small_log(tmp_path):
+  out = run_module("benchmarks.scale_bench", "--users=1500", f"--scratch={tmp_path}", "--update_md=false")
+  stages = [line.split("|")[4].strip() for line in out.splitlines() if line.startswith("| 1,500 |")]
+  assert stages == ["load", "train", "eval", "export", "recall_flat", "recall_ivf"]
+  recalled = (tmp_path / "run_1500" / "flat.tsv").read_text().splitlines()
+  assert len(recalled) == 1500 and all(len(line.split("\t")[1].split(",")) == 50 for line in recalled)

@@ -135,3 +135,22 @@ def test_scale_bench_runs_every_stage_on_a_small_log(tmp_path):
   assert stages == ["load", "train", "eval", "export", "recall_flat", "recall_ivf"]
   recalled = (tmp_path / "run_1500" / "flat.tsv").read_text().splitlines()
   assert len(recalled) == 1500 and all(len(line.split("\t")[1].split(",")) == 50 for line in recalled)
+
+
+def test_gap_bench_reproduces_the_runs_own_test_metrics(tmp_path):
+  """Our protocol's row of the best checkpoint is the test row training wrote, and every
+  variant and the selection-bias line are reported."""
+  from jaxrec import click_log
+  log = click_log.synthetic_click_log(300, 80, seed=0)
+  data = tmp_path / "log.txt"
+  data.write_text("".join(" ".join([log.user_ids[u], *log.item_ids[log.items[log.indptr[u]:log.indptr[u + 1]]]])
+                          + "\n" for u in range(log.num_users)))
+  workdir = tmp_path / "run"
+  run_module("jaxrec.main", f"--data_path={data}", f"--workdir={workdir}", "--seq_length=10", "--hidden_size=16",
+             "--batch_size=64", "--num_epochs=4", "--learning_rate=0.01")
+  out = run_module("benchmarks.gap_bench", f"--workdir={workdir}", f"--data_path={data}")
+  with open(workdir / "summary.json") as f:
+    test = json.load(f)["test"]
+  row = [line for line in out.splitlines() if line.startswith("| best |") and "| test | ours |" in line][0]
+  assert row.split("|")[5].strip() == f"{test['ndcg@10']:.4f}" and row.split("|")[6].strip() == f"{test['hr@10']:.4f}"
+  assert "the pick's optimism" in out and "| latest |" in out and "inputs cut to 50 clicks" in out

@@ -118,7 +118,8 @@ class Trainer:
     self.latest = checkpoints.manager(workdir, checkpoints.LATEST, config.checkpoint_every_steps,
                                       config.max_to_keep)
     self.best = checkpoints.manager(workdir, checkpoints.BEST, 1, 1)
-    self.validates = bool(config.eval_every_epochs) and split.has_holdout
+    # Validation is collective with several processes: all validate if any holds a target.
+    self.validates = bool(config.eval_every_epochs) and bool(hosts.agree_max([split.has_holdout])[0])
     self.saver = saves.Saver(workdir, self.latest, self.best)
 
   def init_state(self) -> TrainState:

@@ -142,16 +142,17 @@ class ShardedPlan:
     self.train_users = np.concatenate([p.train_users for p in self.plans])  # this process's
     self.num_sequences = int(_agree_sum([len(self.train_users)])[0])
     self.rows = sum(p.rows for p in self.plans) * jax.process_count()  # global rows
-    # Start-up: one vector per shard, [steps, packed slots, plain slots, packed rows, level rows...].
+    # Start-up: per shard [steps, packed rows, rows per loss level...] (agreed by max) and the
+    # packed and plain slots of its first epoch (agreed by sum: the packed share).
     levels = len(input_pipeline.level_ends(seq_length)) - 1
-    stats = np.zeros((len(self.plans), 4 + levels), np.int64)
-    for row, plan in zip(stats, self.plans):
+    most = np.zeros((len(self.plans), 2 + levels), np.int64)
+    for row, plan in zip(most, self.plans):
       need = plan.needs.get(seq_length, {})
-      row[:4] = plan.steps_per_epoch, plan.packed_slots, plan.plain_slots, need.get("pack", 1)
-      row[4:] = need.get("levels", 0)
-    sums = _agree_sum(stats[:, 1:3].sum(axis=0))
-    most = agree_max(stats.max(axis=0))
-    needs = {seq_length: {"pack": int(most[3]), **({} if first.real_slots else {"levels": most[4:]})}}
+      row[:2] = plan.steps_per_epoch, need.get("pack", 1)
+      row[2:] = need.get("levels", 0)
+    most = agree_max(most.max(axis=0))
+    sums = _agree_sum([sum(p.packed_slots for p in self.plans), sum(p.plain_slots for p in self.plans)])
+    needs = {seq_length: {"pack": int(most[1]), **({} if first.real_slots else {"levels": most[2:]})}}
     for plan in self.plans:
       plan.steps_per_epoch = int(most[0])
       plan.settle(needs, sums[0] / sums[1] if sums[1] else None)
@@ -172,7 +173,9 @@ class ShardedPlan:
 
   def batch(self, epoch: int, index: int):
     """(this process's part of the global batch, its real rows) of step `index` of `epoch`."""
-    need = self.needs(epoch)[index]
+    return self._step(epoch, index, self.needs(epoch)[index])
+
+  def _step(self, epoch: int, index: int, need: np.ndarray):
     parts = [plan.batch(epoch, index, need) for plan in self.plans]
     return concat_batches([b for b, _ in parts]), sum(rows for _, rows in parts)
 
@@ -180,13 +183,7 @@ class ShardedPlan:
     """As BatchPlan.epoch; the agreement on the epoch's shapes happens in this call, so it
     runs on the caller's (main) thread, not on the prefetch thread that iterates."""
     needs = self.needs(epoch)
-    plans = self.plans
-
-    def batches():
-      for index in range(start, self.steps_per_epoch):
-        parts = [plan.batch(epoch, index, needs[index]) for plan in plans]
-        yield concat_batches([b for b, _ in parts]), sum(rows for _, rows in parts)
-    return batches()
+    return (self._step(epoch, index, needs[index]) for index in range(start, self.steps_per_epoch))
 
 
 def concat_batches(batches: list):
@@ -210,8 +207,7 @@ def _agree_sum(x: np.ndarray) -> np.ndarray:
   if jax.process_count() == 1:
     return x
   from jax.experimental import multihost_utils
-  # Slot counts can pass int32 on big logs: send them as float32-exact halves? Keep it exact:
-  # two int32 words per value.
+  # Slot counts of a big log pass 2^31: each value crosses as two int32 words.
   hi, lo = (x >> 31).astype(np.int32), (x & 0x7FFFFFFF).astype(np.int32)
   both = np.asarray(multihost_utils.process_allgather(np.stack([hi, lo]))).astype(np.int64)
   return ((both[:, 0] << 31) + both[:, 1]).sum(axis=0)

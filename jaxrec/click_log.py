@@ -68,16 +68,20 @@ def read_click_log(path: str, data_format: str = "auto", user_col: str = "user",
       return _group_dense(*arrow_log.read_csv(path, raw, user_col, item_col, time_col))
     except arrow_log.Unreadable:  # the line reader skips what Arrow will not, or names the line
       return _group_pairs(*_parse_csv(path, raw, user_col, item_col, time_col))
+  if data_format == "pairs" and b"\x00" not in raw:
+    # Arrow checks that every field is UTF-8 (ids as strings, a time as a number), so the
+    # whole-file decode of _check_text is left to the line reader's files.
+    try:
+      return _group_dense(*arrow_log.read_pairs(path, raw))
+    except arrow_log.Unreadable:
+      pass
   _check_text(path, raw)
   if data_format == "note":
     return _parse_note(path, raw)
   if data_format == "sequences":
     return _parse_sequences(path, raw)
   if data_format == "pairs":
-    try:
-      return _group_dense(*arrow_log.read_pairs(path, raw))
-    except arrow_log.Unreadable:
-      return _parse_pairs(path, raw)
+    return _parse_pairs(path, raw)
   raise InputError(f"--data_format: unknown format {data_format!r}; expected one of {', '.join(FORMATS)}")
 
 
@@ -93,7 +97,7 @@ def _read_bytes(path: str) -> bytes:
     raise InputError(f"{path}: cannot read: {e.strerror}") from None
   if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (Excel's "CSV UTF-8") is no id
     raw = raw[3:]
-  if not raw.strip():
+  if not raw or raw.isspace():  # isspace stops at the first other byte; strip would copy the file
     raise InputError(f"{path}: file is empty")
   return raw
 

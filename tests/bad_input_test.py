@@ -103,6 +103,11 @@ CASES = {
     "non_utf8": Case(SEQ, ("{tmp}/s.txt:2: not valid UTF-8",), {"s.txt": b"u1 a b c\nu2 a \xff\xfe c\n"}),
     "non_utf8_csv": Case(CSV, ("{tmp}/c.csv:3: not valid UTF-8",),
                          {"c.csv": b"user,item\nu1,a\nu2,\xe9t\xe9\n"}),
+    # pairs read through Arrow, which checks UTF-8 itself: the same errors, the same lines
+    "non_utf8_pairs": Case("--data_format=pairs --data_path={tmp}/p.txt", ("{tmp}/p.txt:2: not valid UTF-8",),
+                           {"p.txt": b"u1 a\nu2 b\xff\nu1 c\n"}),
+    "nul_byte_pairs": Case("--data_format=pairs --data_path={tmp}/p.txt", ("{tmp}/p.txt:2: NUL byte",),
+                           {"p.txt": b"u1 a\nu2 b\x00\nu1 c\n"}),
     "nul_byte": Case(SEQ, ("{tmp}/s.txt:3: NUL byte",), {"s.txt": b"u1 a b c\nu2 a b\nu3 a\x00b c\n"}),
     "sequences_user_twice": Case(SEQ, ("{tmp}/s.txt:4: user 'u1' appears on more than one line",),
                                  {"s.txt": b"u1 a b c\nu2 a b c\n\nu1 c d e\n"}),

@@ -2,7 +2,7 @@
 `click_log.read_click_log` in its own process (load seconds, peak RSS, bytes per click).
 
   python -m benchmarks.data_bench --clicks=10000000
-  python -m benchmarks.data_bench --clicks=10000000,100000000 --formats=parquet
+  python -m benchmarks.data_bench --clicks=10000000,100000000 --skip=csv@100000000
 
 Logs: Zipf(1.1) item popularity over items = users / 2.5, 20 clicks per user on average,
 integer ids, a timestamp column. Files are written once under --scratch and reused.
@@ -23,6 +23,7 @@ from benchmarks import common
 FLAGS = flags.FLAGS
 flags.DEFINE_list("clicks", ["10000000"], "Click counts of the generated logs.")
 flags.DEFINE_list("formats", ["pairs", "csv", "parquet"], "Formats to time.")
+flags.DEFINE_list("skip", [], "format@clicks pairs not to run, e.g. csv@100000000.")
 flags.DEFINE_string("scratch", "/tmp/jaxrec_data_bench", "Where the generated logs are kept.")
 flags.DEFINE_bool("update_md", True, "Write the table into BENCHMARKS.md.")
 flags.DEFINE_string("worker", None, "Internal: read this file in this process and print JSON.")
@@ -81,6 +82,8 @@ def main(argv):
   rows = []
   for clicks in map(int, FLAGS.clicks):
     for fmt in FLAGS.formats:
+      if f"{fmt}@{clicks}" in FLAGS.skip:
+        continue
       path = os.path.join(FLAGS.scratch, f"log_{clicks}.{'txt' if fmt == 'pairs' else fmt}")
       write(path, fmt, clicks)
       out = subprocess.run([sys.executable, "-m", "benchmarks.data_bench", f"--worker={path}",

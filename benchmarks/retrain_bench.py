@@ -109,6 +109,18 @@ def _targets(seeds, runs) -> list:
   return lines
 
 
+def before_training(day1_workdir: str, warm_workdir: str, data: str) -> float:
+  """Validation NDCG@10 on day 2 of the day-1 model grown to day 2's catalog, before any step."""
+  import jax
+  from jaxrec import checkpoints, click_log, evaluate, holdout, vocab, warm_start
+  from jaxrec.model import init_params
+  config = checkpoints.read_model_config(warm_workdir)
+  base = warm_start.read_base(day1_workdir, "best")
+  params = warm_start.graft(init_params(config, jax.random.key(0)), base.params)
+  log, _ = vocab.align_to_vocab(click_log.read_click_log(data), vocab.load_item_vocab(f"{warm_workdir}/vocab.npz"))
+  return evaluate.evaluate(params, config, holdout.leave_one_out(log), "valid", (10,))["ndcg@10"]
+
+
 def epochs_to(curve: list, target: float):
   return next((e + 1 for e, v in enumerate(curve) if v >= target), None)
 
@@ -160,6 +172,10 @@ def main(argv):
   except ImportError:
     plot = None
   targets = _targets(seeds, runs_by)
+  start = before_training(d1, os.path.join(root, f"warm_s{seeds[0]}"), day2)
+  targets.append(f"- Before any step on day 2, the day-1 model (new items at their initial rows) scores "
+                 f"validation NDCG@10 {start:.4f} there; after the warm start's first epoch "
+                 f"{curves[seeds[0]][1][0]:.4f}.")
   text = "\n".join([
       "## Daily retraining (two simulated days)", "", f"`{common.command_line('benchmarks.retrain_bench')}`",
       f"Machine: {common.machine_line()}. Day 1: the log without each user's last click and without every "

@@ -18,7 +18,7 @@ from jaxrec import click_log
 from jaxrec.errors import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IDS = st.sampled_from(["a", "b", "10", "9", "ü", "x y", "007", "z,z"])
+IDS = st.sampled_from(["a", "b", "10", "9", "ü", "x y", "007", "z,z", " a", "b ", " 9"])  # padded: one id with the bare one
 
 
 def as_dict(log) -> dict:
@@ -49,7 +49,7 @@ def test_csv_and_parquet_read_as_the_reference(tmp_path_factory, rows, bom):
   for path in (tmp / "c.csv", tmp / "p.parquet"):
     log = click_log.read_click_log(str(path), time_col="ts")
     assert as_dict(log) == expect
-    ids = sorted({r[1] for r in rows})
+    ids = sorted({r[1].strip() for r in rows})
     numeric = all(i.isdigit() and (i == "0" or not i.startswith("0")) for i in ids)
     assert list(log.item_ids[1:]) == (sorted(ids, key=int) if numeric else sorted(ids, key=str.encode))
 

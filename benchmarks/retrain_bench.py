@@ -1,6 +1,6 @@
 """Two-day retraining benchmark: a cold start on day 2 against a warm start from day 1's model.
 
-  python -m benchmarks.retrain_bench --seeds=0,1        # beauty_s3rec with experiments/beauty.flags (hours)
+  python -m benchmarks.retrain_bench --seeds=0,1        # beauty_s3rec with experiments/beauty_spec.flags (hours)
   python -m benchmarks.retrain_bench --quick            # a small synthetic rehearsal (a minute)
 
 Day 1 is the log without each user's last click and without every click on a fixed random
@@ -25,7 +25,7 @@ from benchmarks import common
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_path", os.path.join(REPO, "..", "shared", "data", "beauty_s3rec.txt"), "Full log (day 2).")
-flags.DEFINE_string("flagfile_path", "experiments/beauty.flags", "Training flags of every run.")
+flags.DEFINE_string("flagfile_path", "experiments/beauty_spec.flags", "Training flags of every run.")
 flags.DEFINE_list("seeds", ["0", "1"], "Seeds: day 1 trains once with the first; each trains a cold and a warm day 2.")
 flags.DEFINE_string("warm_variant", "", "Extra flags of one more warm start per seed of --variant_seeds, "
                     "e.g. --warmup_steps=1000 (a row of its own).")

@@ -29,7 +29,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "", "Trained workdir to serve; empty: train --train_flags into --scratch.")
 flags.DEFINE_string("data_path", os.path.join(REPO, "..", "shared", "data", "beauty_s3rec.txt"),
                     "Click log the request histories are drawn from (and trained on).")
-flags.DEFINE_string("train_flags", "--flagfile=experiments/beauty.flags --num_epochs=1 --eval_every_epochs=0",
+flags.DEFINE_string("train_flags", "--flagfile=experiments/beauty_spec.flags --num_epochs=1 --eval_every_epochs=0",
                     "Flags of the model trained when --workdir is empty (its shape is what serving costs).")
 flags.DEFINE_string("scratch", "/tmp/jaxrec_serve_bench", "Workdir of the trained model (reused once trained).")
 flags.DEFINE_list("clients", ["1", "8", "64"], "Concurrent clients.")

@@ -489,8 +489,8 @@ def real_section(sizes: Sizes, data_path: str, ceilings: dict) -> tuple[str, lis
 
 LOSSES = [("inbatch", {}), ("inbatch, hits removed", {"hits": True}),
           ("mixed (+256 uniform)", {"loss": "mixed"}), ("full", {"loss": "full"}),
-          ("full, label smoothing 0.1 (beauty.flags)", {"loss": "full", "label_smoothing": 0.1}),
-          ("beauty.flags before packing (+ --short_length=16)",
+          ("full, label smoothing 0.1 (beauty_spec.flags)", {"loss": "full", "label_smoothing": 0.1}),
+          ("beauty_spec.flags before packing (+ --short_length=16)",
            {"loss": "full", "label_smoothing": 0.1, "short_length": 16})]
 
 

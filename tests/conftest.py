@@ -1,7 +1,21 @@
-"""Fixtures shared by the tests of exported arrays (recall, embeddings)."""
+"""Fixtures shared by the tests: a compilation cache for their jaxrec processes, and the
+tests of exported arrays (recall, embeddings)."""
 
 import numpy as np
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def subprocess_compile_cache(tmp_path_factory):
+  """The jaxrec processes the tests start (each test worker's, one after another) share a
+  persistent XLA compilation cache, so a program compiled by one run loads in the next
+  instead of compiling again: most of these runs are the same tiny models. The variables
+  are set after collection, when this process has read its JAX configuration, so the
+  in-process tests (some count compiles) compile as before."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
+    patch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    yield
 
 
 @pytest.fixture

@@ -93,17 +93,8 @@ def assert_resumes_to_reference(workdir, last_step, reference):
   assert_same_params(params_at(workdir, final_step), ref_params)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-  """Runs after the first load the tiny model's compiled steps instead of compiling them again."""
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
-    patch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    yield
-
-
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, compile_cache):
+def reference(tmp_path_factory):
   """(workdir, final step, final params) of an uninterrupted run."""
   workdir = str(tmp_path_factory.mktemp("reference") / "workdir")
   result = train(workdir)

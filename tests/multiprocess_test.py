@@ -37,6 +37,9 @@ def _free_port() -> int:
 def _launch(workdir, num_devices: int, extra=()):
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
              JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  # No shared compilation cache (conftest): the cache writes its entries unlocked, and
+  # the other process of a pair would read one half-written, warn and compile anyway.
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
   return subprocess.Popen([sys.executable, "-m", "jaxrec.main", *FLAGS, f"--workdir={workdir}", *extra],
                           env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

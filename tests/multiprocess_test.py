@@ -35,7 +35,8 @@ def _free_port() -> int:
 
 
 def _launch(workdir, num_devices: int, extra=()):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={num_devices}"
+  env = dict(os.environ, XLA_FLAGS=flags.strip(),
              JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
   # No shared compilation cache (conftest): the cache writes its entries unlocked, and
   # the other process of a pair would read one half-written, warn and compile anyway.

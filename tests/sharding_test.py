@@ -59,7 +59,8 @@ np.savez(out, devices=jax.device_count(), steps=int(state.step), rows=np.array(r
 
 
 def _start(num_devices: int, tmp_path, kind: str):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={num_devices}"
+  env = dict(os.environ, XLA_FLAGS=flags.strip(),
              JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
   out = tmp_path / f"devices{num_devices}.npz"
   proc = subprocess.Popen([sys.executable, "-c", _WORKER, str(out), str(tmp_path / f"w{num_devices}"), kind],

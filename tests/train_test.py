@@ -146,7 +146,7 @@ def test_cli_eval_of_best_checkpoints_reproduces_the_test_row(tmp_path):
   workdir = str(tmp_path / "wd")
   args = [sys.executable, "-m", "jaxrec.main", "--data_format=synthetic", "--synthetic_users=300",
           "--synthetic_items=100", "--seq_length=10", "--hidden_size=16", "--batch_size=32", "--num_epochs=6",
-          "--learning_rate=0.3", "--checkpoint_every_steps=1000", f"--workdir={workdir}"]
+          "--learning_rate=1.0", "--checkpoint_every_steps=1000", f"--workdir={workdir}"]
   subprocess.run(args, check=True, capture_output=True)
   rows = read_metrics(workdir)
   valid = [r for r in rows if r["split"] == "valid"]

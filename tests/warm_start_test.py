@@ -96,15 +96,25 @@ def test_errors_name_the_flag_or_the_workdir(tmp_path):
   assert result.returncode == 2 and "not a jaxrec workdir" in result.stderr
 
 
+@pytest.fixture(scope="module")
+def day2_reference(tmp_path_factory):
+  """(day 1 workdir, day 2 flags, uninterrupted day 2 workdir): a day-2 run warm-started
+  from day 1 on a log of 100 synthetic items (day 1 had 80), shared by the kill points below."""
+  root = tmp_path_factory.mktemp("warm_start")
+  day1 = str(root / "day1")
+  assert cli(*TINY, "--num_epochs=1", "--synthetic_items=80", f"--workdir={day1}").returncode == 0
+  day2 = [*TINY, "--num_epochs=4", "--synthetic_items=100", "--checkpoint_every_steps=4", f"--init_from={day1}",
+          "--init_checkpoints=latest"]
+  reference = str(root / "reference")
+  assert cli(*day2, f"--workdir={reference}").returncode == 0
+  return day1, day2, reference
+
+
 # Killed before its first checkpoint (it starts again from the base model) or after one.
 @pytest.mark.parametrize("kill_at", [2, 9])
-def test_warm_started_run_records_new_items_and_resumes_bit_identically_after_sigkill(kill_at, tmp_path):
-  day1 = str(tmp_path / "day1")
-  assert cli(*TINY, "--num_epochs=1", "--synthetic_items=80", f"--workdir={day1}").returncode == 0
-  day2 = [*TINY, "--num_epochs=4", "--synthetic_items=100", "--checkpoint_every_steps=4",
-          f"--init_from={day1}", "--init_checkpoints=latest"]
-  reference = str(tmp_path / "reference")
-  assert cli(*day2, f"--workdir={reference}").returncode == 0
+def test_warm_started_run_records_new_items_and_resumes_bit_identically_after_sigkill(kill_at, day2_reference,
+                                                                                      tmp_path):
+  day1, day2, reference = day2_reference
   with np.load(os.path.join(reference, "vocab.npz")) as npz:
     item_ids, new = npz["item_ids"], npz["new_items"]
   with np.load(os.path.join(day1, "vocab.npz")) as npz:

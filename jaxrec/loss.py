@@ -136,13 +136,14 @@ def full_softmax_loss(seq_out_BxLxD, table_IxD, label_BxL, padding_mask_BxL, row
     out_TxD = jnp.take_along_axis(out_GxTxD, index_GxC[..., None], axis=1).reshape(-1, d)
     label_T = jnp.take_along_axis(label_BxL.reshape(groups, -1), index_GxC, axis=1).reshape(-1)
     mask_T = (slots_GxC >= 0).reshape(-1)
-  logits_TxI = jnp.einsum("td,id->ti", out_TxD, table_IxD)
+  # Item 0 (padding) is left out by slicing the table, not by overwriting a logits column:
+  # the [T, I] write and its gradient cost 20-25% of this loss (BENCHMARKS.md).
+  logits_TxI = jnp.einsum("td,id->ti", out_TxD, table_IxD[1:])
   # The target and the smoothing mean are O(T * D) dot products rather than reads of the
   # [T, I] logits, whose gradient would then carry an extra [T, I] scatter and slice.
   target_T = jnp.sum(out_TxD * jnp.take(table_IxD, label_T, axis=0), axis=-1)
   if label_smoothing:
     mean_T = out_TxD @ jnp.mean(table_IxD[1:], axis=0)
     target_T = (1.0 - label_smoothing) * target_T + label_smoothing * mean_T
-  logits_TxI = logits_TxI.at[:, 0].set(_EXCLUDED)
   nll_T = jax.nn.logsumexp(logits_TxI, axis=-1) - target_T
   return jnp.sum(jnp.where(mask_T > 0, nll_T, 0.0)) / jnp.maximum(count, 1)

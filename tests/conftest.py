@@ -6,11 +6,15 @@ import os
 import numpy as np
 import pytest
 
+from jaxrec import xla_options
+
 # The tests compile hundreds of tiny programs and run each for a few steps, so compiling is
 # most of their time: XLA's CPU backend at optimization level 0 compiles them about twice as
 # fast. Set before jax starts its backend; the jaxrec processes the tests start inherit it
 # (tests that set their own XLA_FLAGS append to it).
+# The in-process tests run the dots jaxrec.main runs by default (xla_options.YNN_DOTS).
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+xla_options.use_ynn_dots()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from jaxrec import click_log
+from jaxrec import xla_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ("--hidden_size=16 --num_hidden_layers=1 --seq_length=10 --batch_size=32 --num_epochs=3 "
@@ -118,7 +119,8 @@ def test_summary_success_marker_run_ids_and_export_metadata(trained, tmp_path):
   assert summary["flags"]["hidden_size"] == 16 and summary["flags"]["num_epochs"] == 3
   assert summary["data"] == {"path": os.path.abspath(data), "bytes": os.path.getsize(data),
                              "clicks": len(LOG.items), "users": LOG.num_users, "items": LOG.num_items - 1}
-  assert set(summary["versions"]) == {"jaxrec", "jax", "flax"}
+  assert set(summary["versions"]) == {"jaxrec", "jax", "flax", "xla_flags"}
+  assert xla_options.YNN_DOTS in summary["versions"]["xla_flags"].split()  # the default, inherited
   valid = rows(workdir, "valid")
   best = max(valid, key=lambda r: r["ndcg@10"])
   assert summary["best"]["step"] == best["step"] and summary["best"]["valid"]["ndcg@10"] == best["ndcg@10"]

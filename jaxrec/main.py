@@ -103,7 +103,7 @@ flags.DEFINE_enum("layout", "auto", ["auto", "packed", "rows", "plain"],
                   "ones split off at the length that saves the most encoder work.")
 flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling, negatives and dropout.")
 flags.DEFINE_bool("ynn_dots", True, "XLA:CPU hands dot products to the YNNPACK library (jaxlib 0.10.x): "
-                  "about 2.5x faster packed in-batch steps on x86, float32 rounding differences only; "
+                  "about 1.7x faster packed in-batch steps on x86, float32 rounding differences only; "
                   "--noynn_dots: XLA's own dots. Explicit XLA_FLAGS for it take precedence.")
 flags.DEFINE_integer("prefetch", 2, "Batches the host builds ahead of the device on a background thread (the "
                      "same batches in the same order); 0: build each when its step starts.", lower_bound=0)

@@ -2,7 +2,7 @@
 
 YNNPACK dots: from jaxlib 0.10.2 XLA:CPU can hand its dot fusions to the YNNPACK library,
 which runs the training step's many small dots (the packed encoder, the lbm levels) about
-2.5x faster than XLA's own dot emitter on x86 (BENCHMARKS.md, "Training throughput,
+1.7x faster (the whole packed step) than XLA's own dot emitter on x86 (BENCHMARKS.md, "Training throughput,
 layouts"). The dots are the same float32 products summed in another order, so results
 move only at float32 rounding. Only dots: handing elementwise or reduce fusions to it as
 well measured slower. The flag is experimental; it is applied only to jaxlib versions it

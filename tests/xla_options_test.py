@@ -48,7 +48,7 @@ def test_xla_accepts_it_and_dots_match_float64(tmp_path):
   a, b = rng.standard_normal((96, 64)), rng.standard_normal((64, 200))
   np.save(tmp_path / "a.npy", a.astype(np.float32))
   np.save(tmp_path / "b.npy", b.astype(np.float32))
-  code = ("import numpy as np, jax, jax.numpy as jnp; from jaxrec import xla_options;"
+  code = ("import numpy as np, jax, jax.numpy as jnp;"
           f"a, b = np.load('{tmp_path}/a.npy'), np.load('{tmp_path}/b.npy');"
           f"np.save('{tmp_path}/c.npy', np.asarray(jax.jit(jnp.matmul)(a, b)))")
   env = dict(os.environ, XLA_FLAGS=xla_options.YNN_DOTS)

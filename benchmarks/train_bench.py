@@ -75,7 +75,7 @@ class Sizes:
 FULL = Sizes()
 # Compilation dominates at these sizes: few configurations, few distinct shapes.
 QUICK = Sizes(batch_size=32, seq_length=16, hidden_size=16, feed_forward_size=32, bucket_lengths=(8,), short_length=8,
-              real_users=300, batch_sweep=(32,), seq_sweep=(16,), catalog_sweep=(500, 5_000),
+              real_users=300, batch_sweep=(32,), seq_sweep=(16,), catalog_sweep=(500,),
               sweep_users=300, sweep_items=500, warmup_steps=1, timed_steps=3, optimizer_repeats=2,
               matmul_n=256, copy_bytes=1 << 22)
 

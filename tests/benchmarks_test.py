@@ -35,8 +35,10 @@ def table_row(stdout: str, label: str) -> list:
 
 
 def test_train_bench_quick(tmp_path):
+  """Every section in one run (the losses on the synthetic log, as the real one is missing)."""
   markdown, plot = tmp_path / "BENCHMARKS.md", tmp_path / "train.png"
-  out = run_module("benchmarks.train_bench", "--quick", f"--markdown_out={markdown}", f"--plot_out={plot}")
+  out = run_module("benchmarks.train_bench", "--quick", "--sections=real,sweeps,losses",
+                   f"--loss_data_paths={tmp_path / 'missing.txt'}", f"--markdown_out={markdown}", f"--plot_out={plot}")
   for label in ("sequences/s", "ms/step", "ms/step, batches prebuilt", "start-up s (to end of step 1)",
                 "first epoch s", "peak RSS MiB", "GFLOP/s done", "% of matmul ceiling",
                 "useful % of matmul ceiling"):
@@ -48,6 +50,10 @@ def test_train_bench_quick(tmp_path):
   np.testing.assert_allclose(losses[:5], losses[0], rtol=2e-3)
   for header in ("| batch size |", "| seq_length |", "| items |"):
     assert header in out
+  losses_table = out[out.index("Each `--loss`"):]
+  seq_per_s = table_row(losses_table, "sequences/s")
+  assert len(seq_per_s) == 7 and all(float(v.replace(",", "")) > 0 for v in seq_per_s)
+  assert len(table_row(losses_table, "compilations after first epoch")) == 7
   text = markdown.read_text()
   assert "<!-- train:begin -->" in text and "| sequences/s |" in text
   assert plot.exists() == (importlib.util.find_spec("matplotlib") is not None)
@@ -101,17 +107,6 @@ def test_accuracy_bench_tables_the_runs_it_made(tmp_path):
   assert not root.exists()  # ...read from the record, not retrained
   if importlib.util.find_spec("matplotlib"):  # the optional `bench` extra
     assert plot.stat().st_size > 0  # the validation curve comes back from the record too
-
-
-def test_train_bench_losses_quick(tmp_path):
-  markdown = tmp_path / "BENCHMARKS.md"
-  out = run_module("benchmarks.train_bench", "--quick", "--sections=losses", "--section_name=train_losses",
-                   f"--loss_data_paths={tmp_path / 'missing.txt'}", f"--markdown_out={markdown}")
-  assert "## Training throughput by loss" in out
-  seq_per_s = table_row(out, "sequences/s")
-  assert len(seq_per_s) == 7 and all(float(v.replace(",", "")) > 0 for v in seq_per_s)
-  assert len(table_row(out, "compilations after first epoch")) == 7
-  assert "<!-- train_losses:begin -->" in markdown.read_text()
 
 
 def test_accuracy_bench_run_minutes_leaves_out_long_gaps(tmp_path):

@@ -18,6 +18,7 @@ import numpy as np
 
 from benchmarks import common
 from jaxrec import click_log
+from jaxrec import clicks
 from jaxrec import evaluate
 from jaxrec import metrics
 from jaxrec.model import ModelConfig, Seq2Seq, init_params
@@ -114,7 +115,7 @@ def model_rows(ceiling_gflops: float):
   for name, lengths in ((f"1-{FLAGS.max_history} clicks", rng.integers(1, FLAGS.max_history + 1, users)),
                         (f"{2 * length} clicks (all at L={length})", np.full(users, 2 * length))):
     indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    log = click_log.ClickLog(user_ids, item_ids, indptr, rng.integers(1, items, indptr[-1]).astype(np.int32))
+    log = clicks.ClickLog(user_ids, item_ids, indptr, rng.integers(1, items, indptr[-1]).astype(np.int32))
 
     def call():
       return evaluate.user_vectors(params, config, log, all_users, indptr[1:], batch)

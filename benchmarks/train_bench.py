@@ -104,7 +104,7 @@ def matmul_flops(tokens: float, pairs: float, scored_slots: float, candidates: i
 def computed_work(batch) -> tuple:
   """(tokens, pairs, scored slots) the step computes for `batch`: its encoder rows (plain,
   split by length or packed) and the lbm slots of its loss levels."""
-  from jaxrec import input_pipeline
+  from jaxrec import packing
   rows, length = batch.input_ids.shape
   if batch.packed_ids is not None:
     encoder_rows = [(batch.packed_ids.shape[0], length)]
@@ -114,7 +114,7 @@ def computed_work(batch) -> tuple:
     encoder_rows = [(rows, length)]
   tokens = sum(r * l for r, l in encoder_rows)
   pairs = sum(r * l * l for r, l in encoder_rows)
-  levels = input_pipeline.loss_levels(length, batch.loss_rows)
+  levels = packing.loss_levels(length, batch.loss_rows)
   if batch.slots is not None:
     scored = batch.slots.size
   elif levels is None:
@@ -146,33 +146,36 @@ class CompileCounter:
 
 def _first_users(log, num_users: int):
   """The log restricted to its first `num_users` users (the item vocabulary is kept)."""
-  from jaxrec import click_log
+  from jaxrec import clicks
   from jaxrec import holdout
   from jaxrec import input_pipeline
   n = min(num_users, log.num_users)
-  return click_log.ClickLog(log.user_ids[:n], log.item_ids, log.indptr[:n + 1], log.items[:log.indptr[n]])
+  return clicks.ClickLog(log.user_ids[:n], log.item_ids, log.indptr[:n + 1], log.items[:log.indptr[n]])
 
 
 def _trainer(job, log, workdir):
-  from jaxrec import click_log
+  """The job's run built through jaxrec's configuration tree, as jaxrec.main builds it."""
+  from jaxrec import config as config_lib
   from jaxrec import holdout
-  from jaxrec import input_pipeline
-  from jaxrec.model import ModelConfig
-  from jaxrec.step import LossConfig
-  from jaxrec.train import Trainer, TrainConfig
-  model = ModelConfig(num_items=log.num_items, seq_length=job["seq_length"], hidden_size=job["hidden_size"],
-                      num_attention_heads=job["num_heads"], num_hidden_layers=job["num_layers"],
-                      feed_forward_size=job.get("feed_forward_size", 0),
-                      hidden_dropout_rate=job.get("dropout_rate", 0.0),
-                      share_embeddings=job.get("share_embeddings", False))
-  loss = LossConfig(kind=job.get("loss", "inbatch"), remove_accidental_hits=job.get("hits", False),
-                    num_negatives=job.get("num_negatives", 256),
-                    label_smoothing=job.get("label_smoothing", 0.0))
-  config = TrainConfig(model=model, batch_size=job["batch_size"], num_epochs=3, eval_every_epochs=0,
-                       checkpoint_every_steps=10**9, log_every_steps=10**9,
-                       bucket_lengths=tuple(job.get("bucket_lengths", ())),
-                       short_length=job.get("short_length", 0), layout=job.get("layout", "auto"),
-                       sparse_embedding_updates=job.get("sparse", False), loss=loss)
+  from jaxrec.train import Trainer
+  loss = job.get("loss", "inbatch")
+  options = dict(seq_length=job["seq_length"], hidden_size=job["hidden_size"],
+                 num_attention_heads=job["num_heads"], num_hidden_layers=job["num_layers"],
+                 feed_forward_size=job.get("feed_forward_size", 0), dropout_rate=job.get("dropout_rate", 0.0),
+                 share_embeddings=job.get("share_embeddings", False), loss=loss,
+                 remove_accidental_hits=job.get("hits", False),
+                 batch_size=job["batch_size"], num_epochs=3, eval_every_epochs=0,
+                 checkpoint_every_steps=10**9, log_every_steps=10**9,
+                 bucket_lengths=tuple(job.get("bucket_lengths", ())),
+                 # --quick runs at L=16, where the 16 of the pre-packing row is no shorter length
+                 short_length=job.get("short_length", 0) if job.get("short_length", 0) < job["seq_length"] else 0,
+                 layout=job.get("layout", "auto"), sparse_embedding_updates=job.get("sparse", False))
+  if loss == "mixed":
+    options["num_negatives"] = job.get("num_negatives", 256)
+  if loss == "full":
+    options["label_smoothing"] = job.get("label_smoothing", 0.0)
+  config = config_lib.make(**options)
+  config = config.replace(model={"num_items": log.num_items})
   return Trainer(config, holdout.leave_one_out(log), workdir)
 
 
@@ -518,7 +521,7 @@ def losses_section(sizes: Sizes, data_paths: list) -> str:
           f"{sizes.batch_size}, seq_length {sizes.seq_length}, hidden {sizes.hidden_size}, {sizes.num_heads} "
           f"heads, {sizes.num_layers} layers, all users. Epoch 1 compiles and warms up; sequences/s and ms/step "
           "are over epoch 2 (host batching included); epoch 3 reruns with its batches built beforehand. "
-          "`--loss=full` compiles once per slot capacity (input_pipeline.slot_capacity) it meets."]
+          "`--loss=full` compiles once per slot capacity (packing.slot_capacity) it meets."]
   for path in data_paths:
     results = []
     for name, overrides in LOSSES:

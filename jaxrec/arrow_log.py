@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from jaxrec.clicks import first_bad_time, to_seconds
 from jaxrec.errors import InputError
 
 _PLAIN_INTEGER = r"^(0|[1-9][0-9]{0,17})$"  # fits int64, no leading zeros
@@ -280,7 +281,6 @@ def _seconds(column, where) -> np.ndarray:
     stamps = pc.cast(pc.utf8_rtrim(text, characters="Z"), pa.timestamp("us"), safe=False)
     return pc.cast(stamps, pa.int64()).to_numpy() / 1e6
   except pa.ArrowInvalid:  # forms Arrow does not parse (offsets, say): numpy's, or the row that fails
-    from jaxrec.click_log import first_bad_time, to_seconds
     values = np.asarray(text.to_pylist())
     try:
       return to_seconds(values)

@@ -8,46 +8,18 @@ Shape key: U users, I items (incl. padding 0), N clicks, R rows of a CSR gather.
 """
 
 import csv
-import dataclasses
 import io
 import os
 import re
 
 import numpy as np
 
+from jaxrec import arrow_log
+from jaxrec.clicks import ClickLog, gather_ranges, to_seconds, first_bad_time
 from jaxrec.errors import InputError
 
 FORMATS = ("auto", "note", "sequences", "pairs", "csv", "parquet", "synthetic")
-PAD = 0
 _NOTE_LINE = re.compile(rb"^\s*([^\s:\[\],]+)\s*:\s*\[([^\[\]:]*)\]\s*$")
-
-
-@dataclasses.dataclass(frozen=True)
-class ClickLog:
-  """Every user's clicks in click order, CSR: items[indptr[u]:indptr[u+1]]."""
-  user_ids: np.ndarray  # [U] raw user ids (unicode)
-  item_ids: np.ndarray  # [I] raw item ids (unicode); item_ids[0] is the padding slot ""
-  indptr: np.ndarray  # [U+1] int64
-  items: np.ndarray  # [N] int32 dense item ids in 1..I-1
-  times: np.ndarray | None = None  # [N] float64 seconds, where the log has timestamps
-
-  @property
-  def num_users(self) -> int:
-    return len(self.user_ids)
-
-  @property
-  def num_items(self) -> int:
-    """Size of the item table, padding row included."""
-    return len(self.item_ids)
-
-  def lengths(self) -> np.ndarray:
-    return np.diff(self.indptr)
-
-
-def gather_ranges(starts: np.ndarray, lengths: np.ndarray):
-  """CSR of the ranges [starts[r], starts[r] + lengths[r]): (indptr [R+1] int64, flat indices)."""
-  indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-  return indptr, np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])
 
 
 # ----------------------------------------------------------------------------- reading
@@ -56,7 +28,6 @@ def gather_ranges(starts: np.ndarray, lengths: np.ndarray):
 def read_click_log(path: str, data_format: str = "auto", user_col: str = "user",
                    item_col: str = "item", time_col: str = "") -> ClickLog:
   """Reads a click log in one of FORMATS (not synthetic) into a ClickLog."""
-  from jaxrec import arrow_log
   if data_format == "parquet" or (data_format == "auto" and _looks_parquet(path)):
     return _group_dense(*arrow_log.read_parquet(path, user_col, item_col, time_col))
   raw = _read_bytes(path)
@@ -245,26 +216,6 @@ def _parse_pairs(path: str, raw: bytes) -> ClickLog:
   if width == 3:
     times = _to_times(path, fields[:, 2], lines)
   return _group_pairs(fields[:, 0], fields[:, 1], times)
-
-
-def to_seconds(values: np.ndarray) -> np.ndarray:
-  """Timestamps as float64 seconds: numbers as they are, ISO-8601 dates or times (UTC, an
-  optional trailing Z) since 1970. Raises ValueError if any value is neither."""
-  try:
-    return values.astype(np.float64)
-  except ValueError:
-    text = np.char.rstrip(np.char.strip(values.astype(str)), "Z")
-    return text.astype("datetime64[ms]").astype(np.int64) / 1000.0
-
-
-def first_bad_time(values: np.ndarray) -> int:
-  """The index of the first of `values` that to_seconds refuses (after it refused them all)."""
-  for i, value in enumerate(values):
-    try:
-      to_seconds(np.array([value]))
-    except ValueError:
-      return i
-  raise ValueError("every timestamp reads alone but not together")
 
 
 def _to_times(path, values, lines) -> np.ndarray:

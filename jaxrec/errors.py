@@ -98,10 +98,14 @@ def exit_on_input_error(prog: str):
     sys.exit(128 + signal.SIGINT)
 
 
-def flags_parser(prog: str):
-  """An absl `flags_parser` for app.run: a bad flag is one stderr line and exit status 2."""
+def flags_parser(prog: str, help_text: str = ""):
+  """An absl `flags_parser` for app.run: a bad flag is one stderr line and exit status 2;
+  --help (or -h) prints `help_text`, the program's flags by section."""
   def parse(argv):
     from absl import flags
+    if help_text and any(a in ("--help", "-h", "-help", "--helpshort") for a in argv[1:]):
+      print(help_text)
+      sys.exit(0)
     try:
       return flags.FLAGS(argv)
     except flags.Error as e:

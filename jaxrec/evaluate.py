@@ -11,7 +11,7 @@ import numpy as np
 from jaxrec import console
 from jaxrec import input_pipeline
 from jaxrec import metrics
-from jaxrec.click_log import ClickLog
+from jaxrec.clicks import ClickLog
 from jaxrec.holdout import Split
 from jaxrec.model import ModelConfig, Seq2Seq
 

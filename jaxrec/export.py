@@ -6,7 +6,7 @@ import numpy as np
 
 from jaxrec import evaluate
 from jaxrec import input_pipeline
-from jaxrec.click_log import ClickLog
+from jaxrec.clicks import ClickLog
 from jaxrec.fileio import atomic_path
 from jaxrec.model import ModelConfig
 

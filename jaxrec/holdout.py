@@ -5,7 +5,7 @@ import dataclasses
 
 import numpy as np
 
-from jaxrec.click_log import ClickLog
+from jaxrec.clicks import ClickLog
 from jaxrec.errors import InputError
 
 

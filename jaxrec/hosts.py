@@ -24,7 +24,8 @@ import jax
 import numpy as np
 
 from jaxrec import input_pipeline
-from jaxrec.click_log import ClickLog, gather_ranges
+from jaxrec import packing
+from jaxrec.clicks import ClickLog, gather_ranges
 from jaxrec.errors import InputError
 from jaxrec.holdout import Split
 
@@ -144,7 +145,7 @@ class ShardedPlan:
     self.rows = sum(p.rows for p in self.plans) * jax.process_count()  # global rows
     # Start-up: per shard [steps, packed rows, rows per loss level...] (agreed by max) and the
     # packed and plain slots of its first epoch (agreed by sum: the packed share).
-    levels = len(input_pipeline.level_ends(seq_length)) - 1
+    levels = len(packing.level_ends(seq_length)) - 1
     most = np.zeros((len(self.plans), 2 + levels), np.int64)
     for row, plan in zip(most, self.plans):
       need = plan.needs.get(seq_length, {})

@@ -30,7 +30,7 @@ def in_batch_softmax_loss(seq_out_BxLxD, ids_emb_BxLxD, hot_weight_BxL, padding_
   `levels` computes the logits only where they count: a tuple of (lo, hi, rows_GxC), the
   positions lo:hi scored only for the rows listed (per group of B / G rows, indices
   within the group, -1 unused), or for every row where rows_GxC is None. The levels
-  must cover every real slot once (input_pipeline.loss_levels); the candidates are still
+  must cover every real slot once (packing.loss_levels); the candidates are still
   every row's label at each position. Without `levels`: one level, every row and position.
 
   Extensions (off by default, which is exactly SPEC section 5):

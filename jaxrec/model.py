@@ -13,35 +13,7 @@ import jax.numpy as jnp
 from jaxrec import attention
 from jaxrec import filters
 from jaxrec import masks
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """Model hyperparameters; defaults are SPEC section 8."""
-  num_items: int  # item table rows, padding row 0 included
-  seq_length: int = 70
-  hidden_size: int = 64
-  num_attention_heads: int = 2
-  num_hidden_layers: int = 2
-  hidden_dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  feed_forward_size: int = 0  # 0: no feed-forward sub-layer (SPEC); e.g. 256 as in SASRec
-  share_embeddings: bool = False  # outputs_embedding tied to item_embeddings
-  position_order: str = "forward"  # forward: first real item is 0; backward: most recent is 0
-  embedding_layer_norm: bool = False  # LayerNorm on item + position before dropout (BERT, S3Rec)
-  encoder: str = "spec"  # spec: self-attention (SPEC 3); bsarec: mixed with a causal low-pass filter
-  bsarec_alpha: float = 0.5  # bsarec: share of the filter branch, 1 - alpha of self-attention
-  initializer_range: float = 0.02
-  layer_norm_epsilon: float = 1e-12
-
-  def __post_init__(self):
-    if self.hidden_size % self.num_attention_heads:
-      raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
-                       f"num_attention_heads {self.num_attention_heads}")
-    if self.encoder not in ("spec", "bsarec"):
-      raise ValueError(f"encoder must be spec or bsarec, not {self.encoder!r}")
-    if self.position_order not in ("forward", "backward"):
-      raise ValueError(f"position_order must be forward or backward, not {self.position_order!r}")
+from jaxrec.config import ModelConfig
 
 
 def position_ids(input_ids_BxL, order: str = "forward", segments_BxL=None) -> jnp.ndarray:
@@ -141,7 +113,7 @@ class Seq2Seq(nn.Module):
 
     `item_vectors_BxLxD`, if given, replaces the item-table lookup of `input_ids_BxL`
     (row-sparse training looks items up in a gathered slice of the table).
-    `segments_BxL` (packed rows, input_pipeline.pack): each user's segment gets its own
+    `segments_BxL` (packed rows, packing.pack): each user's segment gets its own
     positions and attends only within itself, so its outputs are those it has alone.
     """
     if segments_BxL is not None and self.config.encoder != "spec":

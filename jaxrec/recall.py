@@ -3,12 +3,8 @@
 Standalone on purpose: it reads the arrays that export writes and never imports
 JAX or the model.
 
-  python -m jaxrec.recall --embeddings=emb.npz --top_n=50 --output=recall.tsv
-
-Output: one line per user, `user<TAB>item1,item2,...` (raw ids, best first), or
-`item:score` pairs with --with_scores. With --num_shards=n --shard_index=s a run
-handles the contiguous users [s*U//n, (s+1)*U//n); concatenating the shard
-outputs in shard order gives the unsharded output: the listed scores are
+The command line (`python -m jaxrec.recall`) is recall_cli. Sharded runs: concatenating
+the shard outputs in shard order gives the unsharded output, as the listed scores are
 recomputed per (user, item) pair in one fixed order (`_rescored`), as faiss's
 sgemm rounds a pair differently with the shape of the batch it is in.
 
@@ -31,15 +27,12 @@ candidates per user, N = top_n.
 import contextlib
 import hashlib
 import json
-import dataclasses
 import functools
 import itertools
 import math
 import os
 import time
 
-from absl import app
-from absl import flags
 import faiss
 import numpy as np
 
@@ -48,23 +41,14 @@ from jaxrec import embeddings
 from jaxrec import errors
 from jaxrec import fileio
 from jaxrec import recall_lists
+from jaxrec.config import IndexConfig, RecallConfig
+from jaxrec.errors import InputError
 
 PROG = "jaxrec.recall"
-CHUNK_USERS = 262_144  # users recalled and written at a time by the CLI
+CHUNK_USERS = 262_144  # users recalled and written at a time by recall_to_file
 ARRAYS = embeddings.ARRAYS
 Embeddings = embeddings.Embeddings
 load_embeddings = embeddings.load_embeddings
-
-
-@dataclasses.dataclass(frozen=True)
-class IndexConfig:
-  """Which faiss index to search; `flat` is exact, `ivf` and `hnsw` approximate."""
-  kind: str = "flat"
-  ivf_nlist: int | None = None  # None: about 4*sqrt(I), at most I/39.
-  ivf_nprobe: int = 32
-  hnsw_m: int = 32
-  hnsw_ef_search: int = 256
-  hnsw_ef_construction: int = 40
 
 
 def build_index(item_emb: np.ndarray, config: IndexConfig) -> faiss.Index:
@@ -320,100 +304,53 @@ def recall_top_n(user_emb: np.ndarray, item_emb: np.ndarray,
   return items_UxN, scores_UxN
 
 
-FLAGS = flags.FLAGS
-
-
-def _define_flags():
-  """Defined only when this module is the program, so importing it adds no flags."""
-  flags.DEFINE_string("embeddings", None, "Exported .npz with user/item vectors and visits.")
-  flags.DEFINE_integer("top_n", 50, "Items per user.")
-  flags.DEFINE_string("output", None, "TSV to write: user<TAB>item1,item2,...; a .parquet path writes "
-                      "columns user, items (and scores with --with_scores).")
-  flags.DEFINE_enum("index", "flat", ["flat", "ivf", "hnsw"],
-                    "flat: exact IndexFlatIP; ivf, hnsw: approximate.")
-  flags.DEFINE_integer("ivf_nlist", None, "IVF lists; default about 4*sqrt(items).")
-  flags.DEFINE_integer("ivf_nprobe", IndexConfig.ivf_nprobe, "IVF lists searched per user.")
-  flags.DEFINE_integer("hnsw_m", IndexConfig.hnsw_m, "HNSW neighbours per node.")
-  flags.DEFINE_integer("hnsw_ef_search", IndexConfig.hnsw_ef_search, "HNSW search breadth.")
-  flags.DEFINE_integer("hnsw_ef_construction", IndexConfig.hnsw_ef_construction,
-                       "HNSW build breadth.")
-  flags.DEFINE_integer("batch_size", 4096, "Users per faiss search.")
-  flags.DEFINE_bool("with_scores", False, "Write item:score instead of item.")
-  flags.DEFINE_integer("num_shards", 1, "Split the users into this many contiguous shards.")
-  flags.DEFINE_integer("shard_index", 0, "Which shard this run handles, 0-based.")
-  flags.DEFINE_integer("num_threads", None, "faiss OpenMP threads; default faiss's.")
-  flags.DEFINE_string("save_index", None, "Write the built index here (and PATH.json), for --load_index.")
-  flags.DEFINE_string("load_index", None, "Search an index --save_index wrote over the same items "
-                      "(e.g. one IVF build shared by the shards of a catalog) instead of building one.")
-
-
-def _check_flags():
-  positive = ["top_n", "batch_size", "num_shards", "ivf_nprobe", "hnsw_m",
-              "hnsw_ef_search", "hnsw_ef_construction"]
-  for name in positive + ["ivf_nlist", "num_threads"]:
-    value = FLAGS[name].value
-    if value is not None and value < 1:
-      raise errors.InputError(f"--{name}={value} must be positive")
-  if not 0 <= FLAGS.shard_index < FLAGS.num_shards:
-    raise errors.InputError(f"--shard_index={FLAGS.shard_index} must be in "
-                            f"[0, --num_shards={FLAGS.num_shards})")
+def check_paths(cfg: RecallConfig) -> None:
   for name in ("embeddings", "output"):
-    if not FLAGS[name].value:
-      raise errors.InputError(f"--{name} is required")
-  if FLAGS.save_index and FLAGS.load_index:
-    raise errors.InputError("--save_index: choose it or --load_index, not both")
-  out_dir = os.path.dirname(os.path.abspath(FLAGS.output))
+    if not getattr(cfg, name):
+      raise InputError(f"--{name} is required")
+  out_dir = os.path.dirname(os.path.abspath(cfg.output))
   if not os.path.isdir(out_dir):
-    raise errors.InputError(f"--output={FLAGS.output}: directory {out_dir} does not exist")
-  if os.path.isdir(FLAGS.output):
-    raise errors.InputError(f"--output={FLAGS.output}: is a directory")
-  if os.path.exists(FLAGS.output) and os.path.samefile(FLAGS.output, FLAGS.embeddings):
-    raise errors.InputError(f"--output={FLAGS.output}: is the --embeddings file; refusing to overwrite it")
+    raise InputError(f"--output={cfg.output}: directory {out_dir} does not exist")
+  if os.path.isdir(cfg.output):
+    raise InputError(f"--output={cfg.output}: is a directory")
+  if os.path.exists(cfg.output) and os.path.samefile(cfg.output, cfg.embeddings):
+    raise InputError(f"--output={cfg.output}: is the --embeddings file; refusing to overwrite it")
 
 
-def main(argv):
-  with errors.exit_on_input_error(PROG):
-    if len(argv) > 1:
-      raise errors.InputError(f"unexpected arguments {' '.join(argv[1:])!r} (flags need --)")
-    _check_flags()
-    if FLAGS.num_threads:
-      faiss.omp_set_num_threads(FLAGS.num_threads)
-    emb = load_embeddings(FLAGS.embeddings)
-    num_items = len(emb.item_ids)
-    if FLAGS.top_n > num_items:
-      raise errors.InputError(f"--top_n={FLAGS.top_n} is larger than the catalog of "
-                              f"{FLAGS.embeddings} ({num_items} items)")
-    if FLAGS.ivf_nlist is not None and FLAGS.ivf_nlist > num_items:
-      raise errors.InputError(f"--ivf_nlist={FLAGS.ivf_nlist} is larger than the "
-                              f"catalog of {FLAGS.embeddings} ({num_items} items)")
-    emb = emb.shard(FLAGS.num_shards, FLAGS.shard_index)
-    config = IndexConfig(FLAGS.index, FLAGS.ivf_nlist, FLAGS.ivf_nprobe, FLAGS.hnsw_m,
-                         FLAGS.hnsw_ef_search, FLAGS.hnsw_ef_construction)
-    index = config
-    if FLAGS.load_index or FLAGS.save_index:
-      fingerprint = item_fingerprint(emb.item_ids, emb.item_emb)
-      if FLAGS.load_index:
-        index = load_index(FLAGS.load_index, fingerprint)
-        if isinstance(index, faiss.IndexIVF):  # search breadth is this run's choice
-          index.nprobe = min(FLAGS.ivf_nprobe, index.nlist)
-        elif isinstance(index, faiss.IndexHNSW):
-          index.hnsw.efSearch = FLAGS.hnsw_ef_search
-      else:
-        index = build_index(emb.item_emb, config)
-        save_index(index, FLAGS.save_index, fingerprint)
-    if not isinstance(index, faiss.Index):
-      index = build_index(emb.item_emb, index)
-    # Users in chunks, each written as it is recalled: memory stays flat in the user count.
-    with recall_lists.ListWriter(FLAGS.output, emb.item_ids, FLAGS.with_scores) as writer:
-      for lo in range(0, max(len(emb.user_ids), 1), CHUNK_USERS):
-        hi = min(lo + CHUNK_USERS, len(emb.user_ids))
-        indptr = emb.visited_indptr[lo:hi + 1]
-        items_UxN, scores_UxN = recall_top_n(
-            emb.user_emb[lo:hi], emb.item_emb, indptr - indptr[0],
-            emb.visited_indices[indptr[0]:indptr[-1]], FLAGS.top_n, index=index,
-            batch_size=FLAGS.batch_size)
-        writer.write(emb.user_ids[lo:hi], items_UxN, scores_UxN)
+def recall_to_file(cfg: RecallConfig, index_config: IndexConfig) -> None:
+  """Recalls every user of cfg.embeddings (this shard's) into cfg.output."""
+  check_paths(cfg)
+  if cfg.num_threads:
+    faiss.omp_set_num_threads(cfg.num_threads)
+  emb = load_embeddings(cfg.embeddings)
+  num_items = len(emb.item_ids)
+  if cfg.top_n > num_items:
+    raise InputError(f"--top_n={cfg.top_n} is larger than the catalog of {cfg.embeddings} ({num_items} items)")
+  if index_config.ivf_nlist is not None and index_config.ivf_nlist > num_items:
+    raise InputError(f"--ivf_nlist={index_config.ivf_nlist} is larger than the catalog of {cfg.embeddings} "
+                     f"({num_items} items)")
+  emb = emb.shard(cfg.num_shards, cfg.shard_index)
+  if cfg.load_index:
+    index = load_index(cfg.load_index, item_fingerprint(emb.item_ids, emb.item_emb))
+    if isinstance(index, faiss.IndexIVF):  # search breadth is this run's choice
+      index.nprobe = min(index_config.ivf_nprobe, index.nlist)
+    elif isinstance(index, faiss.IndexHNSW):
+      index.hnsw.efSearch = index_config.hnsw_ef_search
+  else:
+    index = build_index(emb.item_emb, index_config)
+    if cfg.save_index:
+      save_index(index, cfg.save_index, item_fingerprint(emb.item_ids, emb.item_emb))
+  # Users in chunks, each written as it is recalled: memory stays flat in the user count.
+  with recall_lists.ListWriter(cfg.output, emb.item_ids, cfg.with_scores) as writer:
+    for lo in range(0, max(len(emb.user_ids), 1), CHUNK_USERS):
+      hi = min(lo + CHUNK_USERS, len(emb.user_ids))
+      indptr = emb.visited_indptr[lo:hi + 1]
+      items_UxN, scores_UxN = recall_top_n(
+          emb.user_emb[lo:hi], emb.item_emb, indptr - indptr[0], emb.visited_indices[indptr[0]:indptr[-1]],
+          cfg.top_n, index=index, batch_size=cfg.batch_size)
+      writer.write(emb.user_ids[lo:hi], items_UxN, scores_UxN)
 
-if __name__ == "__main__":
-  _define_flags()
-  app.run(main, flags_parser=errors.flags_parser(PROG))
+
+if __name__ == "__main__":  # python -m jaxrec.recall: the command line lives in recall_cli
+  from jaxrec import recall_cli
+  recall_cli.run()

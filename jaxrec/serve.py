@@ -33,29 +33,14 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from jaxrec import config as config_lib
 from jaxrec import console
 from jaxrec import errors
 from jaxrec.errors import InputError
 
 PROG = "jaxrec.serve"
-BATCH_SIZES = (1, 8, 64)  # compiled encoder batch sizes; a batch runs at the smallest that holds it
+BATCH_SIZES = config_lib.SERVE_BATCH_SIZES
 
-flags.DEFINE_string("workdir", "", "Trained workdir to serve.")
-flags.DEFINE_enum("checkpoints", "auto", ["auto", "latest", "best"],
-                  "Which checkpoints: the best on validation, the latest, or auto (best where validation ran).")
-flags.DEFINE_string("host", "127.0.0.1", "Address to bind (127.0.0.1: this machine only).")
-flags.DEFINE_integer("port", 8000, "Port to bind; 0 picks a free one (the ready line says which).", lower_bound=0)
-flags.DEFINE_enum("index", "flat", ["flat", "ivf", "hnsw"], "flat: exact; ivf, hnsw: approximate.")
-flags.DEFINE_integer("ivf_nprobe", 32, "IVF lists searched per user.", lower_bound=1)
-flags.DEFINE_integer("hnsw_ef_search", 256, "HNSW search breadth.", lower_bound=1)
-flags.DEFINE_bool("batching", True, "Micro-batch requests that arrive together; off: one request per call.")
-flags.DEFINE_float("max_wait_ms", 2.0, "How long the first request of a batch waits for others.", lower_bound=0)
-flags.DEFINE_integer("max_batch", BATCH_SIZES[-1], "Most users encoded in one call.", lower_bound=1,
-                     upper_bound=BATCH_SIZES[-1])
-flags.DEFINE_integer("max_top_n", 1000, "Largest top_n a request may ask for.", lower_bound=1)
-flags.DEFINE_integer("max_body_bytes", 1 << 20, "Largest request body; larger gets 413.", lower_bound=1)
-flags.DEFINE_integer("max_requests", 1024, "Most requests in one list body.", lower_bound=1)
-flags.DEFINE_bool("remote_admin", False, "Accept POST /admin/reload from other hosts than loopback.")
 FLAGS = flags.FLAGS
 
 
@@ -71,7 +56,7 @@ class Query:
 class ServedModel:
   """One loaded model: parameters, compiled user tower, item index, vocabulary."""
 
-  def __init__(self, workdir: str, which: str, index_kind: str, ivf_nprobe: int, hnsw_ef_search: int):
+  def __init__(self, workdir: str, which: str, index_config: config_lib.IndexConfig):
     import jax
     import numpy as np
     from jaxrec import checkpoints, evaluate, input_pipeline, recall, vocab
@@ -92,9 +77,8 @@ class ServedModel:
     self.popular_counts = counts[1:][self.popular].astype(float)
     params = evaluate.local_copy(checkpoints.restore_params(mgr, self.step))
     self.item_emb = evaluate.item_table(params, self.config)[1:]
-    config = recall.IndexConfig(index_kind, None, ivf_nprobe, hnsw_ef_search=hnsw_ef_search)
-    self.index = recall.build_index(self.item_emb, config)
-    self.exact_index = None if index_kind == "flat" else functools.cache(
+    self.index = recall.build_index(self.item_emb, index_config)
+    self.exact_index = None if index_config.kind == "flat" else functools.cache(
         lambda: recall.build_index(self.item_emb, recall.IndexConfig()))
     self.lengths = input_pipeline.padded_lengths(self.config.seq_length)
     model = Seq2Seq(self.config)
@@ -333,14 +317,15 @@ def main(argv) -> None:
   import uvicorn
   if len(argv) > 1:
     raise InputError(f"unexpected arguments {' '.join(argv[1:])!r} (flags need --)")
-  if not FLAGS.workdir:
+  sections = config_lib.sections_from_flags(config_lib.SERVE_SECTIONS)
+  cfg = sections["serve"]
+  if not cfg.workdir:
     raise InputError("--workdir: required")
   # The event loop shares the cores with faiss's OpenMP threads, which would otherwise spin
   # between searches (set before faiss is first imported, by the model's load below).
   os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-  load = functools.partial(ServedModel, FLAGS.workdir, FLAGS.checkpoints, FLAGS.index, FLAGS.ivf_nprobe,
-                           FLAGS.hnsw_ef_search)
-  sock = _bind(FLAGS.host, FLAGS.port)
+  load = functools.partial(ServedModel, cfg.workdir, cfg.checkpoints, sections["index"])
+  sock = _bind(cfg.host, cfg.port)
   host, port = sock.getsockname()[:2]
   holder = {}
 
@@ -362,8 +347,8 @@ def main(argv) -> None:
     worker.cancel()
 
   async def serve():
-    holder["batcher"] = Batcher(holder["server"], FLAGS.max_batch, FLAGS.max_wait_ms / 1000, FLAGS.batching)
-    limits = {k: FLAGS[k].value for k in ("max_top_n", "max_body_bytes", "max_requests", "remote_admin")}
+    holder["batcher"] = Batcher(holder["server"], cfg.max_batch, cfg.max_wait_ms / 1000, cfg.batching)
+    limits = {k: getattr(cfg, k) for k in ("max_top_n", "max_body_bytes", "max_requests", "remote_admin")}
     app_ = build_app(holder["server"], holder["batcher"], limits)
     app_.router.lifespan_context = lifespan
     config = uvicorn.Config(app_, log_level="warning", access_log=False, timeout_graceful_shutdown=30)
@@ -378,12 +363,14 @@ def main(argv) -> None:
 
 
 def run() -> None:
+  config_lib.define_flags(config_lib.SERVE_SECTIONS)
   def guarded(argv):
     if not FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)
     with errors.exit_on_input_error(PROG):
       main(argv)
-  app.run(guarded, flags_parser=errors.flags_parser(PROG))
+  app.run(guarded, flags_parser=errors.flags_parser(
+      PROG, config_lib.help_text(config_lib.SERVE_SECTIONS, "jaxrec.serve")))
 
 
 if __name__ == "__main__":

@@ -14,21 +14,12 @@ import jax.numpy as jnp
 import optax
 
 from jaxrec import input_pipeline
+from jaxrec import packing
 from jaxrec import masks
 from jaxrec.input_pipeline import Batch
 from jaxrec.loss import full_softmax_loss, in_batch_softmax_loss
+from jaxrec.config import LossConfig, OptimizerConfig
 from jaxrec.model import Seq2Seq, init_params
-
-
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-  """Which softmax the model is trained with (the SPEC's is the default)."""
-  kind: str = "inbatch"  # inbatch (SPEC section 5) | mixed (inbatch + shared sampled items) | full
-  remove_accidental_hits: bool = False  # drop candidates equal to the row's own label
-  num_negatives: int = 0  # mixed: items sampled per step, shared by the whole batch
-  negative_distribution: str = "uniform"  # mixed: uniform | popularity
-  log_q: str = "standard"  # inbatch/mixed: standard (SPEC) | corrected (Khrylchenko et al. 2025)
-  label_smoothing: float = 0.0  # full: share of the target spread evenly over the catalog
 
 
 @flax.struct.dataclass
@@ -37,17 +28,6 @@ class TrainState:
   params: Any
   opt_state: Any
   rng: jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-  """Adam(W) with a warm-up and an optional schedule and gradient clipping."""
-  learning_rate: float = 1e-3
-  lr_schedule: str = "constant"  # constant | cosine (after warm-up)
-  warmup_steps: int = 0
-  weight_decay: float = 0.0
-  grad_clip_norm: float = 0.0  # 0: no clipping
-  b2: float = 0.999
 
 
 def make_optimizer(config: OptimizerConfig, total_steps: int):
@@ -124,7 +104,7 @@ def loss_fn(params, model: Seq2Seq, batch: Batch, dropout_rng=None, loss: LossCo
     return model.apply(variables, ids_BxL, rng is None, lookup_in(ids_BxL), False, segments_BxL,
                        rngs=None if rng is None else {"dropout": rng}, method=Seq2Seq.encode)
 
-  if batch.packed_ids is not None:  # users packed into rows (input_pipeline.pack): slots restored
+  if batch.packed_ids is not None:  # users packed into rows (packing.pack): slots restored
     packed_PxLxD = encode(batch.packed_ids, dropout_rng, batch.segments)
     groups, d = batch.unpack.shape[0], packed_PxLxD.shape[-1]
     index_GxTx1 = jnp.maximum(batch.unpack, 0)[..., None]
@@ -150,7 +130,7 @@ def loss_fn(params, model: Seq2Seq, batch: Batch, dropout_rng=None, loss: LossCo
     hot_weight = hot_weight + jnp.log(jnp.float32(batch.label.shape[0]))  # log(B p)
   if loss.log_q == "corrected":
     extra["pos_log_q_BxL"] = batch.hot_weight
-  levels = input_pipeline.loss_levels(batch.input_ids.shape[1], batch.loss_rows)
+  levels = packing.loss_levels(batch.input_ids.shape[1], batch.loss_rows)
   return in_batch_softmax_loss(seq_out, lookup(batch.label), hot_weight, padding, batch.row_mask,
                                batch.label, loss.remove_accidental_hits, **extra, levels=levels)
 

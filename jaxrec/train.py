@@ -33,35 +33,10 @@ from jaxrec.holdout import Split
 from jaxrec.errors import TrainingError, WriteError, cause
 from jaxrec.fileio import atomic_open
 from jaxrec.input_pipeline import Batch
-from jaxrec.model import ModelConfig, Seq2Seq
+from jaxrec.config import Config
+from jaxrec.model import Seq2Seq
 from jaxrec.run_log import EvalProgress, MetricsLog
 from jaxrec.step import LossConfig, TrainState
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  """Everything training needs besides the data; main builds it from flags."""
-  model: ModelConfig
-  batch_size: int = 198
-  num_epochs: int = 10
-  optimizer: step_lib.OptimizerConfig = step_lib.OptimizerConfig()
-  seed: int = 0
-  checkpoint_every_steps: int = 1000
-  max_to_keep: int = 3
-  log_every_steps: int = 50
-  eval_every_epochs: int = 1  # 0: no validation (nor without a holdout: holdout.no_holdout)
-  select_metric: str = "ndcg@10"  # the validation metric that picks `best/` and drives patience
-  prefetch: int = 2  # host batches built ahead of the step on a background thread; 0: none
-  eval_ks: tuple = (10, 20, 50)
-  eval_batch_size: int = 1024
-  patience: int = 0  # evaluations without improvement before stopping; 0: never stop early
-  bucket_lengths: tuple = ()  # padded lengths shorter than seq_length to batch short users at
-  loss: LossConfig = LossConfig()
-  sparse_embedding_updates: bool = False  # lazy Adam on the touched table rows only
-  short_length: int = 0  # run each batch's short rows at this padded length (same batches, same loss)
-  layout: str = "auto"  # input_pipeline.LAYOUTS: how the encoder and the loss see a batch (same loss)
-  data_shards: int = 1  # users split by hosts.shard_of, each shard its own batches (hosts.ShardedPlan)
-
 
 
 def data_mesh() -> Mesh:
@@ -83,7 +58,7 @@ SUCCESS = "_SUCCESS"  # written last, once summary.json is complete
 class Trainer:
   """Owns the mesh, the batch plan, the jitted step and the checkpoint managers of one workdir."""
 
-  def __init__(self, config: TrainConfig, split: Split, workdir: str, base_params=None):
+  def __init__(self, config: Config, split: Split, workdir: str, base_params=None):
     """`base_params`: a smaller model's parameters to start from (warm_start.graft)."""
     self.config, self.split, self.workdir = config, split, workdir
     self.base_params = base_params
@@ -91,21 +66,21 @@ class Trainer:
     self.mesh = data_mesh()
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = NamedSharding(self.mesh, P("data"))
-    layout = dict(real_slots=config.loss.kind == "full", layout=config.layout,
+    layout = dict(real_slots=config.loss.kind == "full", layout=config.batching.layout,
                   packable=config.model.encoder == "spec")
     if config.data_shards > 1 or jax.process_count() > 1:
-      self.plan = hosts.ShardedPlan(split, config.batch_size, config.model.seq_length, config.seed,
+      self.plan = hosts.ShardedPlan(split, config.batching.batch_size, config.model.seq_length, config.train.seed,
                                     config.data_shards, jax.local_device_count(), split.item_counts(),
                                     **layout)
     else:
       self.plan = input_pipeline.BatchPlan(
-          split, config.batch_size, config.model.seq_length, config.seed, jax.device_count(),
-          config.bucket_lengths, config.short_length, **layout)
+          split, config.batching.batch_size, config.model.seq_length, config.train.seed, jax.device_count(),
+          config.batching.bucket_lengths, config.batching.short_length, **layout)
     self.train_users, self.rows = self.plan.train_users, self.plan.rows
     self.steps_per_epoch = self.plan.steps_per_epoch
-    self.total_steps = self.steps_per_epoch * config.num_epochs
+    self.total_steps = self.steps_per_epoch * config.train.num_epochs
     self.tx, self.lr = step_lib.make_optimizer(config.optimizer, self.total_steps)
-    if config.sparse_embedding_updates:
+    if config.optimizer.sparse_embedding_updates:
       fn = functools.partial(step_lib.sparse_train_step, model=self.model, tx=self.tx, lr=self.lr,
                              b2=config.optimizer.b2, loss=config.loss)
     else:
@@ -115,20 +90,20 @@ class Trainer:
                                out_shardings=(self.replicated, self.replicated), donate_argnums=0)
     # log(count/total) per item; items never clicked in training get a finite floor.
     self.item_log_q = jax.device_put(np.maximum(self.plan.sampler.log_q, -1e4), self.replicated)
-    self.latest = checkpoints.manager(workdir, checkpoints.LATEST, config.checkpoint_every_steps,
-                                      config.max_to_keep)
+    self.latest = checkpoints.manager(workdir, checkpoints.LATEST, config.train.checkpoint_every_steps,
+                                      config.train.max_to_keep)
     self.best = checkpoints.manager(workdir, checkpoints.BEST, 1, 1)
     # Validation is collective with several processes: all validate if any holds a target.
-    self.validates = bool(config.eval_every_epochs) and bool(hosts.agree_max([split.has_holdout])[0])
+    self.validates = bool(config.eval.eval_every_epochs) and bool(hosts.agree_max([split.has_holdout])[0])
     self.saver = saves.Saver(workdir, self.latest, self.best)
 
   def init_state(self) -> TrainState:
     def init(rng, base):
       adapt = None if base is None else functools.partial(warm_start.graft, base=base)
-      return step_lib.init_state(self.model, self.tx, rng, self.config.sparse_embedding_updates, adapt)
+      return step_lib.init_state(self.model, self.tx, rng, self.config.optimizer.sparse_embedding_updates, adapt)
     # The base was restored onto one device; the init runs on the whole mesh.
     base = None if self.base_params is None else jax.device_put(jax.device_get(self.base_params), self.replicated)
-    return jax.jit(init, out_shardings=self.replicated)(jax.random.key(self.config.seed), base)
+    return jax.jit(init, out_shardings=self.replicated)(jax.random.key(self.config.train.seed), base)
 
   def abstract_state(self):
     shapes = jax.eval_shape(lambda: self.init_state())
@@ -195,7 +170,7 @@ def _check_finite(metrics_host: dict, step: int, params=None) -> None:
                         "--grad_clip_norm)")
 
 
-def train_and_evaluate(config: TrainConfig, split: Split, workdir: str, run_info: dict | None = None,
+def train_and_evaluate(config: Config, split: Split, workdir: str, run_info: dict | None = None,
                        base_params=None) -> dict:
   """Trains (resuming from the workdir's latest checkpoint), validates, tests the best state.
 
@@ -225,7 +200,7 @@ def train_and_evaluate(config: TrainConfig, split: Split, workdir: str, run_info
         summary = {**(run_info or {}), "run_id": log.run_id, "final_step": final_step,
                    "best": {"step": trainer.best.latest_step() if trainer.validates else None,
                             "epoch": progress.best_epoch if trainer.validates else None,
-                            "select_metric": config.select_metric, "valid": progress.best_metrics},
+                            "select_metric": config.eval.select_metric, "valid": progress.best_metrics},
                    "test": result}
         with atomic_open(os.path.join(workdir, "summary.json")) as f:
           json.dump(summary, f, indent=1)
@@ -256,12 +231,12 @@ def _run(trainer: Trainer, log: MetricsLog):
   progress = EvalProgress.load(trainer.workdir)
   step = int(jax.device_get(state.step))
   console.info("%d training sequences, %d steps/epoch x %d epochs, global batch %d on %d device(s)",
-               trainer.plan.num_sequences, trainer.steps_per_epoch, config.num_epochs, trainer.rows,
+               trainer.plan.num_sequences, trainer.steps_per_epoch, config.train.num_epochs, trainer.rows,
                jax.device_count())
   console.info("%s", trainer.plan.describe())
   epoch_done, into_epoch = divmod(step, trainer.steps_per_epoch)
   if (step and not into_epoch and trainer.validates and not progress.stopped
-      and epoch_done % config.eval_every_epochs == 0 and progress.validated_epoch < epoch_done):
+      and epoch_done % config.eval.eval_every_epochs == 0 and progress.validated_epoch < epoch_done):
     # Killed after the epoch-end checkpoint but before its validation was recorded.
     _validate(trainer, state, epoch_done, step, log, progress)
   with _StopSignal() as stop:
@@ -271,8 +246,8 @@ def _run(trainer: Trainer, log: MetricsLog):
   if trainer.validates and trainer.best.latest_step() is not None:
     best_step = trainer.best.latest_step()
     best = checkpoints.restore(trainer.best, best_step, trainer.abstract_state())
-    result = evaluate.evaluate(best.params, config.model, split, "test", config.eval_ks,
-                               config.eval_batch_size)
+    result = evaluate.evaluate(best.params, config.model, split, "test", config.eval.eval_ks,
+                               config.eval.eval_batch_size)
     row = {"split": "test", "epoch": progress.best_epoch, "step": best_step, **result}
     log.record(row, "test/")
     evaluate.print_table(row)
@@ -295,7 +270,7 @@ def _train_loop(trainer: Trainer, state, step: int, log: MetricsLog, progress, s
 
   while step < trainer.total_steps and not progress.stopped:
     epoch, start = divmod(step, trainer.steps_per_epoch)
-    batches = input_pipeline.prefetch(trainer.plan.epoch(epoch, start), config.prefetch)
+    batches = input_pipeline.prefetch(trainer.plan.epoch(epoch, start), config.batching.prefetch)
     for index, (host_batch, rows) in enumerate(batches, start):
       state, metrics = trainer.train_step(state, to_global(host_batch, trainer.batch_sharding))
       step += 1
@@ -306,8 +281,8 @@ def _train_loop(trainer: Trainer, state, step: int, log: MetricsLog, progress, s
       interval_steps += 1
       end_of_epoch = index == trainer.steps_per_epoch - 1
       signum = stop.signum  # read once: a signal arriving after this is handled at the next step
-      save = step % config.checkpoint_every_steps == 0 or end_of_epoch or signum
-      if step % config.log_every_steps == 0 or save:
+      save = step % config.train.checkpoint_every_steps == 0 or end_of_epoch or signum
+      if step % config.train.log_every_steps == 0 or save:
         host = settle()  # also guarantees that the state about to be saved is finite
         elapsed = time.perf_counter() - interval_start
         speed = interval_rows / max(elapsed, 1e-9)
@@ -329,7 +304,7 @@ def _train_loop(trainer: Trainer, state, step: int, log: MetricsLog, progress, s
         log.record({"split": "train", "epoch": epoch + 1, "step": step,
                     "loss": epoch_loss / max(epoch_steps, 1), "steps": epoch_steps}, "train/epoch_")
         epoch_loss, epoch_steps = 0.0, 0
-        if trainer.validates and (epoch + 1) % config.eval_every_epochs == 0:
+        if trainer.validates and (epoch + 1) % config.eval.eval_every_epochs == 0:
           _validate(trainer, state, epoch + 1, step, log, progress)
           interval_start = time.perf_counter()  # throughput counts training only
   return state
@@ -337,22 +312,22 @@ def _train_loop(trainer: Trainer, state, step: int, log: MetricsLog, progress, s
 
 def _validate(trainer: Trainer, state, epoch: int, step: int, log: MetricsLog, progress) -> None:
   config = trainer.config
-  result = evaluate.evaluate(state.params, config.model, trainer.split, "valid", config.eval_ks,
-                             config.eval_batch_size)
+  result = evaluate.evaluate(state.params, config.model, trainer.split, "valid", config.eval.eval_ks,
+                             config.eval.eval_batch_size)
   row = {"split": "valid", "epoch": epoch, "step": step, **result}
   log.record(row, "valid/")
   evaluate.print_table(row)
   progress.validated_epoch = epoch
-  score = result[config.select_metric]
+  score = result[config.eval.select_metric]
   if score > progress.best_score:
     progress.best_score, progress.best_epoch, progress.bad_evals = score, epoch, 0
     progress.best_metrics = row
     trainer.saver.save(trainer.best, step, state)
   else:
     progress.bad_evals += 1
-    if config.patience and progress.bad_evals >= config.patience:
+    if config.eval.patience and progress.bad_evals >= config.eval.patience:
       console.info("early stopping: no better validation %s for %d evaluations (best %.4f at "
-                   "epoch %d)", config.select_metric, progress.bad_evals, progress.best_score,
+                   "epoch %d)", config.eval.select_metric, progress.bad_evals, progress.best_score,
                    progress.best_epoch)
       progress.stopped = True
   trainer.saver.settle()

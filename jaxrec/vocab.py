@@ -9,7 +9,7 @@ import hashlib
 
 import numpy as np
 
-from jaxrec.click_log import ClickLog
+from jaxrec.clicks import ClickLog
 from jaxrec.errors import InputError
 from jaxrec.fileio import atomic_path
 

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 
 from jaxrec import click_log
+from jaxrec import clicks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ("--hidden_size=16 --num_hidden_layers=1 --seq_length=10 --batch_size=32 --num_epochs=1 "
-        "--eval_every_epochs=0 --synthetic_users=300 --synthetic_items=100").split()
+        "--eval_every_epochs=0").split()
 
 
 def run_cli(module: str, args, cwd) -> subprocess.CompletedProcess:
@@ -40,7 +41,7 @@ def tree(path: str) -> dict:
   return out
 
 
-def sequences_text(log: click_log.ClickLog, blank_every: int = 0) -> bytes:
+def sequences_text(log: clicks.ClickLog, blank_every: int = 0) -> bytes:
   """The log as `user item item ...` lines; every blank_every-th line is followed by blank ones."""
   lines = []
   for u in range(log.num_users):
@@ -75,7 +76,7 @@ class Case:
 
 SEQ = "--data_format=sequences --data_path={tmp}/s.txt"
 CSV = "--data_path={tmp}/c.csv"
-SYN = "--data_format=synthetic"
+SYN = "--data_format=synthetic --synthetic_users=300 --synthetic_items=100"
 rng = np.random.default_rng(0)
 EMB = {"user_ids": np.array(["u1", "u2", "u3"]), "user_emb": rng.standard_normal((3, 4), np.float32),
        "item_ids": np.array(["a", "b", "c", "d", "e"]), "item_emb": rng.standard_normal((5, 4), np.float32),
@@ -181,7 +182,7 @@ CASES = {
     "bucket_lengths_with_data_shards": Case(SYN + " --data_shards=2 --bucket_lengths=4",
                                             ("error: --bucket_lengths: not with several data shards",)),
     "eval_ks_without_10": Case(SYN + " --eval_ks=5,20 --eval_every_epochs=1", ("error: --select_metric=ndcg@10: expected mrr, or hr@K or ndcg@K with K in --eval_ks=5,20",)),
-    "label_smoothing_with_inbatch": Case(SYN + " --label_smoothing=0.1", ("--label_smoothing: only for --loss=full",)),
+    "label_smoothing_with_inbatch": Case(SYN + " --label_smoothing=0.1", ("--label_smoothing=0.1: only for --loss=full",)),
     "label_smoothing_one": Case(SYN + " --loss=full --label_smoothing=1", ("--label_smoothing=1.0: must be in [0, 1)",)),
     "unknown_format": Case("--data_format=xml", ("--data_format=xml: value should be one of",)),
     "unknown_flag": Case(SYN + " --hiden_size=16", ("Unknown command line flag 'hiden_size'",)),
@@ -241,7 +242,7 @@ CASES = {
                            "jaxrec.recall"),
     "recall_top_n_above_catalog": Case(RECALL + " --top_n=6", ("--top_n=6 is larger than the catalog", "(5 items)"),
                                        {"e.npz": emb()}, "jaxrec.recall"),
-    "recall_top_n_zero": Case(RECALL + " --top_n=0", ("--top_n=0 must be positive",), {"e.npz": emb()},
+    "recall_top_n_zero": Case(RECALL + " --top_n=0", ("--top_n=0: 0 is not a positive integer",), {"e.npz": emb()},
                               "jaxrec.recall"),
     "recall_missing_file": Case(RECALL, ("{tmp}/e.npz: no such file",), {}, "jaxrec.recall"),
     "recall_output_dir_missing": Case("--embeddings={tmp}/e.npz --output={tmp}/no/out.tsv",

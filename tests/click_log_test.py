@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from jaxrec import click_log
+from jaxrec import clicks
 from jaxrec import holdout
 from jaxrec.errors import InputError
 
@@ -16,7 +17,7 @@ def write(tmp_path, name, text):
   return str(path)
 
 
-def as_dict(log: click_log.ClickLog) -> dict:
+def as_dict(log: clicks.ClickLog) -> dict:
   """{raw user: [raw items in order]}: what any reader must produce, whatever the dense ids."""
   return {str(log.user_ids[u]): [str(log.item_ids[i]) for i in log.items[log.indptr[u]:log.indptr[u + 1]]]
           for u in range(log.num_users)}

@@ -6,9 +6,10 @@ import os
 import pytest
 from absl import flags
 
-from jaxrec import main  # noqa: F401  (defines the flags)
+from jaxrec import config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+config.define_flags(config.MAIN_SECTIONS)  # the flags jaxrec.main parses
 FLAGFILES = sorted(glob.glob(os.path.join(REPO, "experiments", "*.flags")))
 
 

@@ -11,7 +11,9 @@ import jax
 import numpy as np
 import pytest
 
+from jaxrec.config import LossConfig
 from jaxrec import click_log
+from jaxrec import clicks
 from jaxrec import holdout
 from jaxrec import hosts
 from jaxrec import step as step_lib
@@ -34,7 +36,7 @@ def test_subset_split_equals_the_split_of_the_subset_log(kind):
   log = click_log.synthetic_click_log(200, 40, seed=1)
   # each user's k-th click at time 10 k: clicks 6-7 validate, 8 on test under the time split
   times = 10.0 * (np.arange(len(log.items)) - np.repeat(log.indptr[:-1], log.lengths()))
-  log = click_log.ClickLog(log.user_ids, log.item_ids, log.indptr, log.items, times)
+  log = clicks.ClickLog(log.user_ids, log.item_ids, log.indptr, log.items, times)
   make = (holdout.leave_one_out if kind == "leave_one_out"
           else lambda lg: holdout.time_split(lg, 60.0, 80.0))
   full = make(log)
@@ -85,7 +87,7 @@ def test_sharded_batches_agree_on_shapes_and_give_the_plain_layouts_loss(layout,
   fast, plain = _plan(split, layout, loss), _plan(split, "plain", loss)
   config = ModelConfig(num_items=log.num_items, seq_length=10, hidden_size=8, num_attention_heads=2)
   params = init_params(config, jax.random.key(0))
-  cfg = step_lib.LossConfig(loss)
+  cfg = LossConfig(loss)
   fn = jax.jit(lambda p, b: step_lib.loss_fn(p, Seq2Seq(config), b, None, cfg, None))
   needs = fast.needs(0)
   for index in range(fast.steps_per_epoch):

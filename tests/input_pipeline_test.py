@@ -9,9 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jaxrec import config as config_lib
 from jaxrec import click_log
 from jaxrec import holdout
 from jaxrec import input_pipeline
+from jaxrec import packing
 from jaxrec import step as step_lib
 from jaxrec import train
 from jaxrec.model import ModelConfig
@@ -85,7 +87,7 @@ def test_real_slots_list_each_groups_real_slots(seed, groups, length):
   rows = 4 * int(rng.integers(1, 5))
   ids = rng.integers(1, 9, (rows, length)) * (rng.random((rows, length)) < rng.random())
   row_mask = (rng.random(rows) < 0.8).astype(np.float32)
-  slots = input_pipeline.real_slots(ids, row_mask, groups)
+  slots = packing.real_slots(ids, row_mask, groups)
   per_group = rows // groups
   counts = []
   for g in range(groups):
@@ -100,7 +102,7 @@ def test_real_slots_list_each_groups_real_slots(seed, groups, length):
 
 def test_slot_capacity_wastes_at_most_an_eighth():
   for n in range(1, 70000):
-    c = input_pipeline.slot_capacity(n)
+    c = packing.slot_capacity(n)
     assert c >= n and c % 128 == 0 and (c <= n * 9 / 8 if n >= 1024 else c - n < 128)
 
 
@@ -111,8 +113,8 @@ SPLIT = holdout.leave_one_out(LOG)
 def trainer(short_length: int, loss: str = "inbatch") -> train.Trainer:
   model = ModelConfig(num_items=LOG.num_items, seq_length=24, hidden_size=8, num_attention_heads=2,
                       num_hidden_layers=2, feed_forward_size=16)
-  config = train.TrainConfig(model=model, batch_size=32, optimizer=step_lib.OptimizerConfig(1e-2), eval_every_epochs=0,
-                             short_length=short_length, loss=step_lib.LossConfig(loss))
+  config = config_lib.make(model=model, batch_size=32, optimizer=config_lib.OptimizerConfig(1e-2), eval_every_epochs=0,
+                             short_length=short_length, loss=config_lib.LossConfig(loss))
   return train.Trainer(config, SPLIT, tempfile.mkdtemp())
 
 
@@ -169,8 +171,8 @@ def test_train_step_compiles_once_per_padded_shape(monkeypatch, loss, buckets, l
   monkeypatch.setattr(step_lib, "train_step", counted)
   model = ModelConfig(num_items=LOG.num_items, seq_length=24, hidden_size=8, num_attention_heads=2,
                       num_hidden_layers=1)
-  config = train.TrainConfig(model=model, batch_size=32, eval_every_epochs=0, bucket_lengths=buckets,
-                             loss=step_lib.LossConfig(loss, num_negatives=4), layout=layout)
+  config = config_lib.make(model=model, batch_size=32, eval_every_epochs=0, bucket_lengths=buckets, layout=layout,
+                             loss=config_lib.LossConfig(loss, **({'num_negatives': 4} if loss == 'mixed' else {})))
   t = train.Trainer(config, SPLIT, tempfile.mkdtemp())
   assert t.plan.layout == layout or layout == "auto"
   state, shapes = t.init_state(), []
@@ -205,7 +207,7 @@ def test_auto_layout_packs_short_histories_and_not_long_ones():
 def test_prefetch_yields_the_same_batches_and_training_is_bit_identical(tmp_path):
   model = ModelConfig(num_items=LOG.num_items, seq_length=24, hidden_size=8, num_attention_heads=2,
                       num_hidden_layers=1)
-  t = train.Trainer(train.TrainConfig(model=model, batch_size=32, eval_every_epochs=0), SPLIT, tempfile.mkdtemp())
+  t = train.Trainer(config_lib.make(model=model, batch_size=32, eval_every_epochs=0), SPLIT, tempfile.mkdtemp())
   plain, ahead = list(t.plan.epoch(1)), list(input_pipeline.prefetch(t.plan.epoch(1), 2))
   assert len(plain) == len(ahead) == t.steps_per_epoch
   for (a, rows_a), (b, rows_b) in zip(plain, ahead):
@@ -214,7 +216,7 @@ def test_prefetch_yields_the_same_batches_and_training_is_bit_identical(tmp_path
       np.testing.assert_array_equal(x, y)
   finals = []
   for depth in (0, 2):
-    config = train.TrainConfig(model=model, batch_size=32, num_epochs=2, eval_every_epochs=0, prefetch=depth)
+    config = config_lib.make(model=model, batch_size=32, num_epochs=2, eval_every_epochs=0, prefetch=depth)
     workdir = str(tmp_path / f"prefetch{depth}")
     train.train_and_evaluate(config, SPLIT, workdir)
     from jaxrec import checkpoints

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxrec import input_pipeline
+from jaxrec import packing
 from jaxrec import loss
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -170,7 +171,7 @@ def test_full_softmax_gradient_equals_closed_form(args, smoothing):
 def test_full_softmax_over_gathered_real_slots(args, groups):
   """Scoring only the real slots, gathered per group of rows, equals scoring every slot."""
   out, table, label, _, mask, row_mask, _, _ = args
-  slots = input_pipeline.real_slots(mask.astype(np.int32), row_mask, groups)
+  slots = packing.real_slots(mask.astype(np.int32), row_mask, groups)
   f = lambda o, s: loss.full_softmax_loss(o, table, label, mask, row_mask, s)
   np.testing.assert_allclose(float(jax.jit(f)(out, slots)), float(f(out, None)), rtol=1e-6)
   np.testing.assert_allclose(np.asarray(jax.grad(f)(out, slots)), np.asarray(jax.grad(f)(out, None)),

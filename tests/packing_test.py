@@ -1,4 +1,4 @@
-"""Exact packing and real-slot scoring (input_pipeline.pack, level_rows; step.loss_fn).
+"""Exact packing and real-slot scoring (packing.pack, level_rows; step.loss_fn).
 
 Packed rows hold several users, each a segment with its own positions under a
 block-diagonal causal mask; the in-batch loss scores only the real slots. Against the
@@ -17,7 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jaxrec.config import LossConfig
 from jaxrec import input_pipeline
+from jaxrec import packing
 from jaxrec import step as step_lib
 from jaxrec.input_pipeline import Batch
 from jaxrec.model import ModelConfig, Seq2Seq, init_params, position_ids
@@ -30,10 +32,10 @@ CONFIGS = {
         share_embeddings=True, position_order="backward", embedding_layer_norm=True),
 }
 LOSSES = {
-    "inbatch": step_lib.LossConfig(),
-    "hits_corrected": step_lib.LossConfig(remove_accidental_hits=True, log_q="corrected"),
-    "mixed": step_lib.LossConfig("mixed", remove_accidental_hits=True, num_negatives=5),
-    "full": step_lib.LossConfig("full"),
+    "inbatch": LossConfig(),
+    "hits_corrected": LossConfig(remove_accidental_hits=True, log_q="corrected"),
+    "mixed": LossConfig("mixed", remove_accidental_hits=True, num_negatives=5),
+    "full": LossConfig("full"),
 }
 
 
@@ -49,18 +51,18 @@ def left_padded_batch(rng, lengths_B, length=LENGTH, row_mask_B=None) -> Batch:
   return Batch(input_ids=ids, label=label, hot_weight=hot_weight, row_mask=row_mask)
 
 
-def exact_layouts(batch: Batch, groups: int, loss: step_lib.LossConfig) -> tuple:
+def exact_layouts(batch: Batch, groups: int, loss: LossConfig) -> tuple:
   """(plain, packed + real slots) versions of `batch` with capacities that always fit."""
   per_group = batch.input_ids.shape[0] // groups
   if loss.kind == "full":
-    plain = batch.replace(slots=input_pipeline.real_slots(batch.input_ids, batch.row_mask, groups))
+    plain = batch.replace(slots=packing.real_slots(batch.input_ids, batch.row_mask, groups))
     fast = plain
   else:
     plain = batch
-    capacities = (per_group,) * (len(input_pipeline.level_ends(batch.input_ids.shape[1])) - 1)
-    fast = batch.replace(loss_rows=input_pipeline.level_rows(batch.input_ids, batch.row_mask, groups,
+    capacities = (per_group,) * (len(packing.level_ends(batch.input_ids.shape[1])) - 1)
+    fast = batch.replace(loss_rows=packing.level_rows(batch.input_ids, batch.row_mask, groups,
                                                              capacities))
-  packed_ids, segments, unpack = input_pipeline.pack(batch.input_ids, groups, per_group)
+  packed_ids, segments, unpack = packing.pack(batch.input_ids, groups, per_group)
   return plain, fast.replace(packed_ids=packed_ids, segments=segments, unpack=unpack)
 
 
@@ -154,7 +156,7 @@ def test_no_output_depends_on_another_users_items_nor_on_later_ones(seed, config
   rng = np.random.default_rng(seed)
   lengths = rng.integers(1, 5, BATCH)
   batch = left_padded_batch(rng, lengths)
-  packed_ids, segments, unpack = input_pipeline.pack(batch.input_ids, 1, BATCH)
+  packed_ids, segments, unpack = packing.pack(batch.input_ids, 1, BATCH)
   params = random_params(config, seed)
   vectors = jnp.take(params["item_embeddings"]["embedding"], packed_ids, axis=0)
   user = int(rng.integers(BATCH))
@@ -182,8 +184,8 @@ def test_changing_other_users_in_the_row_leaves_a_users_outputs_bit_identical(se
   config = CONFIGS["spec"]
   rng = np.random.default_rng(seed)
   batch = left_padded_batch(rng, rng.integers(1, 4, BATCH))
-  rows = input_pipeline.first_fit((batch.input_ids != 0).sum(axis=1), LENGTH)[3]
-  packed_ids, segments, _ = input_pipeline.pack(batch.input_ids, 1, rows)
+  rows = packing.first_fit((batch.input_ids != 0).sum(axis=1), LENGTH)[3]
+  packed_ids, segments, _ = packing.pack(batch.input_ids, 1, rows)
   assert rows < BATCH and (segments.max(axis=1) > 1).any()  # users do share rows
   params = random_params(config, seed)
   first_segment = segments == 1
@@ -202,13 +204,13 @@ def test_pack_places_every_user_once_in_order_with_its_own_positions(lengths, gr
   rng = np.random.default_rng(len(lengths))
   batch = left_padded_batch(rng, lengths)
   per_group = len(lengths) // groups
-  needed = max(input_pipeline.first_fit(np.asarray(lengths[g * per_group:(g + 1) * per_group]), LENGTH)[3]
+  needed = max(packing.first_fit(np.asarray(lengths[g * per_group:(g + 1) * per_group]), LENGTH)[3]
                for g in range(groups))
   assert needed <= per_group and needed * LENGTH >= max(sum(lengths[g * per_group:(g + 1) * per_group])
                                                         for g in range(groups))
-  packed_ids, segments, unpack = input_pipeline.pack(batch.input_ids, groups, needed)
+  packed_ids, segments, unpack = packing.pack(batch.input_ids, groups, needed)
   if needed:
-    assert input_pipeline.pack(batch.input_ids, groups, needed - 1) is None
+    assert packing.pack(batch.input_ids, groups, needed - 1) is None
   assert packed_ids.shape == segments.shape == (groups * needed, LENGTH)
   seen = np.zeros(packed_ids.shape, int)
   plain_positions = np.asarray(position_ids(batch.input_ids, order))
@@ -233,10 +235,10 @@ def test_level_rows_list_each_groups_rows_per_level_and_refuse_overflow():
   rng = np.random.default_rng(0)
   length = 32  # levels: the last 8 positions, then 8..16, then 16..32 back from the end
   batch = left_padded_batch(rng, [32, 10, 0, 17, 9, 3], length)
-  assert input_pipeline.level_ends(length) == (8, 16, 32)
-  rows = input_pipeline.level_rows(batch.input_ids, batch.row_mask, 2, (3, 3))
+  assert packing.level_ends(length) == (8, 16, 32)
+  rows = packing.level_rows(batch.input_ids, batch.row_mask, 2, (3, 3))
   # group 0: lengths 32, 10, 0; group 1: 17, 9, 3. Level starts 8, 16.
   assert [r.tolist() for r in rows] == [[[0, 1, -1], [0, 1, -1]], [[0, -1, -1], [0, -1, -1]]]
-  assert input_pipeline.level_rows(batch.input_ids, batch.row_mask, 2, (1, 3)) is None
-  levels = input_pipeline.loss_levels(length, rows)
+  assert packing.level_rows(batch.input_ids, batch.row_mask, 2, (1, 3)) is None
+  levels = packing.loss_levels(length, rows)
   assert [(lo, hi) for lo, hi, _ in levels] == [(24, 32), (16, 24), (0, 16)]

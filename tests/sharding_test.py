@@ -24,14 +24,14 @@ from jax.sharding import PartitionSpec as P
 from jaxrec import click_log
 from jaxrec import holdout
 from jaxrec.model import ModelConfig
-from jaxrec.step import LossConfig, OptimizerConfig
-from jaxrec.train import TrainConfig, Trainer
+from jaxrec.config import LossConfig, OptimizerConfig, make
+from jaxrec.train import Trainer
 
 out, workdir, kind = sys.argv[1], sys.argv[2], sys.argv[3]
 log = click_log.synthetic_click_log(num_users=49, num_items=30, seed=0)
 split = holdout.leave_one_out(log)
 model = ModelConfig(num_items=log.num_items, seq_length=8, hidden_size=8, num_attention_heads=2)
-config = TrainConfig(model=model, batch_size=18, num_epochs=1, optimizer=OptimizerConfig(1e-2),
+config = make(model=model, batch_size=18, num_epochs=1, optimizer=OptimizerConfig(1e-2),
                      eval_every_epochs=0, bucket_lengths=(4,), loss=LossConfig(kind=kind))
 trainer = Trainer(config, split, workdir)
 state = trainer.init_state()

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxrec import config as config_lib
 from jaxrec import click_log
 from jaxrec import holdout
 from jaxrec import step as step_lib
@@ -19,9 +20,9 @@ SPLIT = holdout.leave_one_out(LOG)
 def trainer(sparse: bool, share: bool, loss: str) -> train.Trainer:
   model = ModelConfig(num_items=LOG.num_items, seq_length=8, hidden_size=8, num_attention_heads=2,
                       num_hidden_layers=1, share_embeddings=share)
-  config = train.TrainConfig(model=model, batch_size=16, optimizer=step_lib.OptimizerConfig(1e-2), eval_every_epochs=0,
+  config = config_lib.make(model=model, batch_size=16, optimizer=config_lib.OptimizerConfig(1e-2), eval_every_epochs=0,
                              sparse_embedding_updates=sparse,
-                             loss=step_lib.LossConfig(loss, num_negatives=5))
+                             loss=config_lib.LossConfig(loss, **({'num_negatives': 5} if loss == 'mixed' else {})))
   return train.Trainer(config, SPLIT, tempfile.mkdtemp())
 
 

@@ -13,6 +13,7 @@ from jaxrec import checkpoints
 from jaxrec import click_log
 from jaxrec import evaluate
 from jaxrec import export
+from jaxrec import config
 from jaxrec import holdout
 from jaxrec import step as step_lib
 from jaxrec import train
@@ -22,14 +23,14 @@ LOG = click_log.synthetic_click_log(600, 120, seed=0, mean_length=8)
 SPLIT = holdout.leave_one_out(LOG)
 
 
-def tiny_config(num_epochs: int, **overrides) -> train.TrainConfig:
+def tiny_config(num_epochs: int, **overrides) -> config.Config:
   model = ModelConfig(num_items=LOG.num_items, seq_length=12, hidden_size=16, num_attention_heads=2,
                       num_hidden_layers=2)
   defaults = dict(model=model, batch_size=64, num_epochs=num_epochs,
-                  optimizer=step_lib.OptimizerConfig(learning_rate=3e-3),
+                  optimizer=config.OptimizerConfig(learning_rate=3e-3),
                   checkpoint_every_steps=4, log_every_steps=100, eval_ks=(10, 20))
   defaults.update(overrides)
-  return train.TrainConfig(**defaults)
+  return config.make(**defaults)
 
 
 def read_metrics(workdir):

@@ -5,16 +5,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxrec import click_log
+from jaxrec.clicks import ClickLog
 from jaxrec import vocab
 
 
-def log_of(sequences: dict) -> click_log.ClickLog:
+def log_of(sequences: dict) -> ClickLog:
   users = sorted(sequences)
   items = sorted({i for seq in sequences.values() for i in seq})
   dense = {item: d + 1 for d, item in enumerate(items)}
   indptr = np.concatenate([[0], np.cumsum([len(sequences[u]) for u in users])]).astype(np.int64)
   clicks = np.array([dense[i] for u in users for i in sequences[u]], np.int32)
-  return click_log.ClickLog(np.array(users, dtype=str), np.array([""] + items, dtype=str), indptr, clicks)
+  return ClickLog(np.array(users, dtype=str), np.array([""] + items, dtype=str), indptr, clicks)
 
 
 @settings(deadline=None, max_examples=100)

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jaxrec import config as config_lib
 from jaxrec import checkpoints
 from jaxrec import click_log
 from jaxrec import holdout
@@ -56,7 +57,7 @@ def test_grafted_state_copies_the_base_and_initialises_new_rows_as_a_cold_start(
                             num_hidden_layers=1, share_embeddings=share)
   base = init_params(base_config, jax.random.key(7))
   log = click_log.synthetic_click_log(200, 300, seed=1)
-  config = train.TrainConfig(model=ModelConfig(**{**base_config.__dict__, "num_items": log.num_items}),
+  config = config_lib.make(model=ModelConfig(**{**base_config.__dict__, "num_items": log.num_items}),
                              batch_size=16, eval_every_epochs=0, seed=3)
   split = holdout.leave_one_out(log)
   warm = train.Trainer(config, split, tempfile.mkdtemp(), base).init_state()
@@ -159,7 +160,7 @@ def test_a_warm_start_whose_log_lacks_old_items_keeps_them_and_reruns(tmp_path):
       items = [i for i in log.item_ids[log.items[log.indptr[u]:log.indptr[u + 1]]] if i not in gone]
       if items:
         f.write(" ".join([log.user_ids[u], *items]) + "\n")
-  day2 = [*TINY[1:], "--num_epochs=1", f"--data_path={path}", f"--workdir={tmp_path}/day2", f"--init_from={day1}",
+  day2 = [*TINY[2:], "--num_epochs=1", f"--data_path={path}", f"--workdir={tmp_path}/day2", f"--init_from={day1}",
           "--init_checkpoints=latest"]
   assert cli(*day2).returncode == 0
   with np.load(os.path.join(day1, "vocab.npz")) as old, np.load(tmp_path / "day2" / "vocab.npz") as new:

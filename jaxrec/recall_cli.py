@@ -1,0 +1,35 @@
+r"""jaxrec.recall's command line: every user's top-N unvisited items from an exported .npz.
+
+  python -m jaxrec.recall --embeddings=emb.npz --top_n=50 --output=recall.tsv
+
+Output: one line per user, `user<TAB>item1,item2,...` (raw ids, best first), or `item:score`
+pairs with --with_scores; a `.parquet` output writes columns user, items (and scores). With
+--num_shards=n --shard_index=s a run handles the contiguous users [s*U//n, (s+1)*U//n). No JAX.
+"""
+
+from absl import app
+
+from jaxrec import config as config_lib
+from jaxrec import errors
+from jaxrec import recall
+from jaxrec.errors import InputError
+
+PROG = recall.PROG
+
+
+def main(argv) -> None:
+  with errors.exit_on_input_error(PROG):
+    if len(argv) > 1:
+      raise InputError(f"unexpected arguments {' '.join(argv[1:])!r} (flags need --)")
+    sections = config_lib.sections_from_flags(config_lib.RECALL_SECTIONS)
+    recall.recall_to_file(sections["recall"], sections["index"])
+
+
+def run() -> None:
+  config_lib.define_flags(config_lib.RECALL_SECTIONS)
+  app.run(main, flags_parser=errors.flags_parser(PROG, config_lib.help_text(config_lib.RECALL_SECTIONS,
+                                                                            "jaxrec.recall")))
+
+
+if __name__ == "__main__":
+  run()

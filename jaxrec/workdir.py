@@ -1,0 +1,168 @@
+"""A run's workdir: its files and the decisions made from them, in one place.
+
+  <workdir>/model_config.json   the model's shape (checkpoints.py reads and checks it)
+  <workdir>/train_config.json   the values a resumed run must keep (config.Config.kept)
+  <workdir>/vocab.npz           raw item ids of the table rows, training click counts
+  <workdir>/checkpoints/, best/ Orbax checkpoints (checkpoints.py; saves.py watches them)
+  <workdir>/metrics.jsonl, events  (run_log.py); summary.json, then _SUCCESS (train.py)
+
+Training decides here whether a run is new, resumed or warm-started, and writes the run's
+configuration only after every check has passed; eval, export, export_model and serve read
+a log through the workdir's vocabulary (`model_log`), so row r always means the same item.
+"""
+
+import contextlib
+import dataclasses
+import os
+import shutil
+
+import flax
+import jax
+import numpy as np
+
+import jaxrec
+from jaxrec import checkpoints
+from jaxrec import console
+from jaxrec import errors
+from jaxrec import vocab
+from jaxrec import warm_start
+from jaxrec.clicks import ClickLog
+from jaxrec.config import Config, ModelConfig
+from jaxrec.errors import InputError
+
+VOCAB = "vocab.npz"
+# Settings the user vectors depend on besides the model: a later eval or export of the same
+# workdir must read the log the same way (config.DataConfig; kept in train_config.json).
+READ_SETTINGS = ("user_col", "item_col", "time_col")
+
+
+def vocab_path(workdir: str) -> str:
+  return os.path.join(workdir, VOCAB)
+
+
+def item_ids(workdir: str, model: ModelConfig) -> np.ndarray:
+  """The raw ids of the model's table rows (padding first), checked against the model."""
+  path = vocab_path(workdir)
+  if not os.path.exists(path):
+    raise InputError(f"--workdir={workdir}: no {VOCAB}, so the item rows have no ids")
+  ids = vocab.load_item_vocab(path)
+  if len(ids) != model.num_items:
+    raise InputError(f"{path}: {len(ids) - 1} items, but model_config.json says {model.num_items - 1}")
+  return ids
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+  """How a training run begins: the config with the catalog's size, the log in the model's
+  rows, and for a warm start the base model and which rows are new."""
+  config: Config
+  log: ClickLog
+  resuming: bool
+  base: warm_start.Base | None = None
+  new_items: np.ndarray | None = None
+
+
+def start_training(cfg: Config, log: ClickLog) -> Start:
+  """Decides new / resume / warm start for cfg.run.workdir and checks everything that can be
+  checked before a file is written: a refused run leaves the workdir as it was."""
+  workdir, source = cfg.run.workdir, cfg.data.source
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise InputError(f"--workdir={workdir}: not a directory")
+  resuming = os.path.exists(vocab_path(workdir)) and checkpoints.read_model_config(workdir) is not None
+  if resuming:
+    # Resuming: the log must hold exactly the model's items, read in its rows' order.
+    log, alignment = vocab.align_to_vocab(log, vocab.load_item_vocab(vocab_path(workdir)))
+    # A warm-started workdir keeps yesterday's vanished items: missing from the log is expected.
+    if alignment.unknown_items or (alignment.missing_items and not cfg.train.init_from):
+      raise InputError(f"{source}: its items differ from those of the model in --workdir={workdir} "
+                       f"({alignment.unknown_items} new, {alignment.missing_items} missing): train on it in a "
+                       f"new --workdir with --init_from={workdir}")
+  base = new_items = None
+  # The base model initialises a warm-started run until its first checkpoint exists.
+  if cfg.train.init_from and not (resuming and checkpoints.manager(workdir, writer=False).all_steps()):
+    if os.path.abspath(cfg.train.init_from) == os.path.abspath(workdir):
+      raise InputError(f"--init_from={cfg.train.init_from}: is --workdir; a warm start trains in a new workdir")
+    base = warm_start.read_base(cfg.train.init_from, cfg.train.init_checkpoints)
+    warm_start.check_same_shape(base, dataclasses.replace(cfg.model, num_items=base.config.num_items))
+    if not resuming:
+      ids, new_items = warm_start.merge_vocab(base.item_ids, log.item_ids)
+      log, _ = vocab.align_to_vocab(log, ids)
+    console.info("warm start from %s step %d: %d items kept, %d new", cfg.train.init_from, base.step,
+                 len(base.item_ids) - 1, log.num_items - len(base.item_ids))
+  cfg = cfg.replace(model={"num_items": log.num_items})
+  checkpoints.check_same_model(workdir, cfg.model)
+  checkpoints.check_train_flags(workdir, cfg.kept(), set(cfg.run.allow_changed_flags))
+  return Start(cfg, log, resuming, base, new_items)
+
+
+def record(start: Start, item_counts: np.ndarray) -> dict:
+  """Creates the workdir and writes the run's configuration (and a new run's vocabulary);
+  returns the run's record for summary.json."""
+  workdir = start.config.run.workdir
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise InputError(f"--workdir={workdir}: cannot create: {e.strerror}") from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise InputError(f"--workdir={workdir}: not a writable directory")
+  with errors.writing(f"the run's configuration under {workdir}", "rerun once the cause is cleared"):
+    checkpoints.write_model_config(workdir, start.config.model)
+    checkpoints.write_train_flags(workdir, start.config.kept())
+    if not start.resuming:
+      vocab.save_vocab(start.log, vocab_path(workdir), start.new_items, item_counts)
+  return {"flags": start.config.kept(), "data": data_fingerprint(start.config, start.log),
+          "versions": versions(), "vocab_fingerprint": vocab.vocab_fingerprint(start.log.item_ids)}
+
+
+@contextlib.contextmanager
+def removed_unless_checkpointed(workdir: str):
+  """A workdir this run creates is removed again if the run fails before its first checkpoint,
+  so a failed first try leaves nothing that a rerun would take for a run to resume."""
+  existed = os.path.exists(workdir)
+  try:
+    yield
+  except BaseException:
+    if not existed and os.path.isdir(workdir) and not checkpoints.manager(workdir, writer=False).all_steps():
+      shutil.rmtree(workdir, ignore_errors=True)
+    raise
+
+
+def data_fingerprint(cfg: Config, log: ClickLog) -> dict:
+  path = cfg.data.data_path if cfg.data.data_format != "synthetic" else ""
+  return {"path": os.path.abspath(path) if path else "synthetic", "format": cfg.data.data_format,
+          "bytes": _size(path) if path else None, **{name: getattr(cfg.data, name) for name in READ_SETTINGS},
+          "clicks": int(len(log.items)), "users": int(log.num_users), "items": int(log.num_items - 1)}
+
+
+def _size(path: str) -> int:
+  if os.path.isdir(path):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+  return os.path.getsize(path)
+
+
+def versions() -> dict:
+  return {"jaxrec": jaxrec.__version__, "jax": jax.__version__, "flax": flax.__version__,
+          "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def check_read_settings(cfg: Config) -> None:
+  """Eval and export read the log as training did: the same id and time columns."""
+  checkpoints.check_train_flags(cfg.run.workdir, {name: getattr(cfg.data, name) for name in READ_SETTINGS},
+                                set(cfg.run.allow_changed_flags))
+
+
+def select(cfg: Config):
+  """(model config, reading manager, step) that --checkpoints and --checkpoint_step name."""
+  return checkpoints.select(cfg.run.workdir, cfg.eval.checkpoints, cfg.eval.checkpoint_step)
+
+
+def model_log(cfg: Config, log: ClickLog, model: ModelConfig) -> ClickLog:
+  """The log through the workdir's vocabulary: clicks on items the model lacks are skipped."""
+  aligned, alignment = vocab.align_to_vocab(log, item_ids(cfg.run.workdir, model))
+  if not len(aligned.items):
+    raise InputError(f"{cfg.data.source}: none of its {log.num_items - 1} items is an item of the model in "
+                     f"--workdir={cfg.run.workdir} (renamed ids?)")
+  if alignment.unknown_clicks:
+    console.info("%s: skipped %d clicks on %d items the model does not know (%d users left with none)",
+                 cfg.data.source, alignment.unknown_clicks, alignment.unknown_items, alignment.dropped_users)
+  return aligned

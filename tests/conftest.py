@@ -1,5 +1,9 @@
 """Fixtures shared by the tests: fast compiles and a compilation cache for their jaxrec
-processes, and the tests of exported arrays (recall, embeddings)."""
+processes, and the tests of exported arrays (recall, embeddings).
+
+tests/unit run in-process (seconds each); tests/e2e start real processes (the CLI, servers,
+crashes, several hosts) and are marked `e2e`, as are the few process-starting tests kept
+beside their module's unit tests: `pytest -m "not e2e"` is the quick loop."""
 
 import os
 
@@ -15,6 +19,13 @@ from jaxrec import xla_options
 # The in-process tests run the dots jaxrec.main runs by default (xla_options.YNN_DOTS).
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 xla_options.use_ynn_dots()
+
+
+def pytest_collection_modifyitems(items):
+  e2e = os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e") + os.sep
+  for item in items:
+    if str(item.path).startswith(e2e):
+      item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session", autouse=True)

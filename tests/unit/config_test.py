@@ -11,7 +11,7 @@ from jaxrec import api
 from jaxrec import config
 from jaxrec.errors import InputError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parsed(*argv, sections=config.MAIN_SECTIONS) -> flags.FlagValues:

@@ -19,7 +19,7 @@ import pytest
 from jaxrec import click_log
 from jaxrec import clicks
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ("--hidden_size=16 --num_hidden_layers=1 --seq_length=10 --batch_size=32 --num_epochs=1 "
         "--eval_every_epochs=0").split()
 
@@ -184,6 +184,12 @@ CASES = {
     "eval_ks_without_10": Case(SYN + " --eval_ks=5,20 --eval_every_epochs=1", ("error: --select_metric=ndcg@10: expected mrr, or hr@K or ndcg@K with K in --eval_ks=5,20",)),
     "label_smoothing_with_inbatch": Case(SYN + " --label_smoothing=0.1", ("--label_smoothing=0.1: only for --loss=full",)),
     "label_smoothing_one": Case(SYN + " --loss=full --label_smoothing=1", ("--label_smoothing=1.0: must be in [0, 1)",)),
+    # A flagfile's --data_format=synthetic beside the user's --data_path trained on the synthetic
+    # clicks and exited 0; a setting that would have no effect is refused naming both flags.
+    "data_path_with_synthetic_format": Case(SYN + " --data_path={tmp}/c.csv",
+                                            ("--data_path={tmp}/c.csv: only for a file's --data_format, not "
+                                             "--data_format=synthetic",), {"c.csv": b"user,item\nu1,a\n"}),
+    "flag_without_effect": Case(SYN + " --num_negatives=64", ("--num_negatives=64: only for --loss=mixed",)),
     "unknown_format": Case("--data_format=xml", ("--data_format=xml: value should be one of",)),
     "unknown_flag": Case(SYN + " --hiden_size=16", ("Unknown command line flag 'hiden_size'",)),
     "missing_flagfile": Case("--flagfile={tmp}/nope.flags", ("Unable to open flagfile", "{tmp}/nope.flags")),

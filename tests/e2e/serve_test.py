@@ -16,7 +16,7 @@ import pytest
 
 from jaxrec import click_log
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ("--hidden_size=16 --num_hidden_layers=1 --seq_length=10 --batch_size=32 --num_epochs=2 "
         "--eval_ks=10,20").split()
 LOG = click_log.synthetic_click_log(400, 150, seed=2)

@@ -10,7 +10,7 @@ import pytest
 from jaxrec import embeddings
 from jaxrec import errors
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def make_arrays(seed, num_users, num_items, dim, max_visits):

@@ -8,7 +8,7 @@ from absl import flags
 
 from jaxrec import config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 config.define_flags(config.MAIN_SECTIONS)  # the flags jaxrec.main parses
 FLAGFILES = sorted(glob.glob(os.path.join(REPO, "experiments", "*.flags")))
 

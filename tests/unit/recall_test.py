@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from jaxrec import errors
 from jaxrec import recall
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def note_loop(user_emb, item_emb, visited_indptr, visited_indices, top_n):
@@ -317,6 +317,7 @@ def _read_tsv(path):
     return [line.rstrip("\n").split("\t") for line in f]
 
 
+@pytest.mark.e2e  # starts jaxrec processes
 def test_cli_writes_raw_ids(tmp_path, npz_file):
   arrays = make_arrays(0, 40, 300, 16, 10)
   path = npz_file(arrays)
@@ -329,6 +330,7 @@ def test_cli_writes_raw_ids(tmp_path, npz_file):
       [f"user{u}", ",".join(names[row])] for u, row in enumerate(_lists(items))]
 
 
+@pytest.mark.e2e  # starts jaxrec processes
 def test_cli_with_scores_and_shards(tmp_path, npz_file):
   arrays = make_arrays(1, 41, 300, 16, 10)
   path = npz_file(arrays)
@@ -352,6 +354,7 @@ def test_cli_with_scores_and_shards(tmp_path, npz_file):
   assert shards == rows
 
 
+@pytest.mark.e2e  # starts jaxrec processes
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 def test_cli_saved_index_gives_the_same_lists_and_refuses_other_items(tmp_path, npz_file, kind):
   arrays = make_arrays(2, 60, 2000, 16, 10)
@@ -386,6 +389,7 @@ def _without(arrays, name):
     (lambda a: a, "--top_n=301", "--top_n=301 is larger than the catalog"),
     (None, "--top_n=5", "no such file"),
 ])
+@pytest.mark.e2e  # starts jaxrec processes
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, npz_file, change, flag, message):
   arrays = make_arrays(0, 10, 300, 16, 3)
   path = npz_file(change(arrays)) if change else str(tmp_path / "missing.npz")

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from jaxrec import click_log
 from jaxrec.errors import InputError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IDS = st.sampled_from(["a", "b", "10", "9", "ü", "x y", "007", "z,z", " a", "b ", " 9"])  # padded: one id with the bare one
 
 
@@ -95,6 +95,7 @@ def run(*args, module):
   return subprocess.run([sys.executable, "-m", module, *args], env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.e2e  # starts jaxrec processes
 def test_recall_parquet_output_matches_the_tsv(tmp_path):
   rng = np.random.default_rng(0)
   arrays = {"user_ids": np.array([f"u{i}" for i in range(300)]), "user_emb": rng.standard_normal((300, 8), np.float32),
@@ -115,6 +116,7 @@ def test_recall_parquet_output_matches_the_tsv(tmp_path):
     np.testing.assert_allclose(scores, [float(p[1]) for p in pairs], rtol=1e-6)
 
 
+@pytest.mark.e2e  # starts jaxrec processes
 def test_inspect_reports_the_log(tmp_path):
   log = click_log.synthetic_click_log(500, 60, seed=3)
   with open(tmp_path / "s.txt", "w") as f:

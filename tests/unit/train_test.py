@@ -108,6 +108,7 @@ def test_eval_matches_training_validation(trained):
   assert valid["ndcg@10"] == pytest.approx(last["ndcg@10"], abs=1e-6)
 
 
+@pytest.mark.e2e  # starts jaxrec processes
 def test_export_then_recall_hit_rate_equals_test_hr(trained, tmp_path):
   """Recall of an --export_until=test export hits the test items exactly as often as HR@K says."""
   workdir, _ = trained
@@ -142,6 +143,7 @@ def test_resume_validates_an_epoch_killed_before_its_validation(tmp_path):
   assert result == reference
 
 
+@pytest.mark.e2e  # starts jaxrec processes
 def test_cli_eval_of_best_checkpoints_reproduces_the_test_row(tmp_path):
   """`--mode=eval --checkpoints=best` evaluates the model training selected, not the last one."""
   workdir = str(tmp_path / "wd")

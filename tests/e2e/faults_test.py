@@ -20,7 +20,7 @@ import pytest
 
 from jaxrec import checkpoints
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLAGS = ("--data_format=synthetic --synthetic_users=300 --synthetic_items=100 --hidden_size=32 "
          "--num_hidden_layers=1 --seq_length=10 --batch_size=32 --eval_every_epochs=0 "
          "--checkpoint_every_steps=4 --log_every_steps=1").split()

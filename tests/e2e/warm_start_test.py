@@ -22,7 +22,7 @@ from jaxrec import train
 from jaxrec import warm_start
 from jaxrec.model import ModelConfig, init_params
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ("--data_format=synthetic --synthetic_users=300 --hidden_size=16 --num_hidden_layers=1 "
         "--seq_length=10 --batch_size=32 --eval_every_epochs=0 --log_every_steps=1").split()
 PROGRESS = re.compile(r"^\d\d:\d\d:\d\d epoch \d+ step (\d+)/\d+ ")

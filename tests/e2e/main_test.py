@@ -17,7 +17,7 @@ from jaxrec import click_log
 from jaxrec import clicks
 from jaxrec import xla_options
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ("--hidden_size=16 --num_hidden_layers=1 --seq_length=10 --batch_size=32 --num_epochs=3 "
         "--checkpoint_every_steps=1000 --eval_ks=10,20").split()
 

@@ -20,7 +20,7 @@ import pytest
 
 from jaxrec import checkpoints
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT_S = 240
 # Tiny model and data: 3 steps of a batch (18) that does not divide by 4 global devices.
 FLAGS = ("--data_format=synthetic", "--synthetic_users=49", "--synthetic_items=30",

@@ -16,7 +16,7 @@ try:
 except ImportError:  # the `onnx` extra is optional; .ci/run installs it
   ONNX = False
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ("--data_format=synthetic --synthetic_users=200 --synthetic_items=80 --hidden_size=16 "
         "--num_hidden_layers=2 --feed_forward_size=32 --seq_length=12 --batch_size=32 --num_epochs=1").split()
 

@@ -104,7 +104,8 @@ def flags_parser(prog: str, help_text: str = ""):
   def parse(argv):
     from absl import flags
     if help_text and any(a in ("--help", "-h", "-help", "--helpshort") for a in argv[1:]):
-      print(help_text)
+      with contextlib.suppress(BrokenPipeError):  # e.g. piped into head
+        print(help_text, flush=True)
       sys.exit(0)
     try:
       return flags.FLAGS(argv)

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from jaxrec import console
+from jaxrec import hosts
 from jaxrec import input_pipeline
 from jaxrec import metrics
 from jaxrec.clicks import ClickLog
@@ -69,7 +70,6 @@ def evaluate(params, config: ModelConfig, split: Split, which: str, ks=(10, 20, 
   # recalled: count it as a miss, and offline HR@K equals the hit rate of real recall.
   ranks = np.where((history == targets[:, None]).any(axis=1), log.num_items, ranks)
   if split.user_index is not None:  # one process's users: every process's ranks, in the whole log's order
-    from jaxrec import hosts
     _, ranks = hosts.gather_rows(split.user_index[users], ranks.astype(np.int32))
   return metrics.ranking_metrics(ranks, ks)
 

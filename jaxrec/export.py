@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 
 from jaxrec import evaluate
+from jaxrec import hosts
 from jaxrec import input_pipeline
 from jaxrec.clicks import ClickLog
 from jaxrec.fileio import atomic_path
@@ -47,7 +48,6 @@ def export_embeddings(params, config: ModelConfig, log: ClickLog, path: str, unt
   user_emb = evaluate.user_vectors(params, config, log, users, ends, batch_size)
   if user_index is not None:
     import jax
-    from jaxrec import hosts
     _, user_emb = hosts.gather_rows(user_index, user_emb)
     indptr, visited = hosts.gather_csr(user_index, indptr, visited)
     if jax.process_index() != 0:

@@ -18,7 +18,7 @@ from absl import logging
 import jax
 
 from jaxrec import api
-from jaxrec import config as config_lib
+from jaxrec import config_flags
 from jaxrec import train
 from jaxrec import xla_options
 from jaxrec.errors import InputError, exit_on_input_error, flags_parser
@@ -30,7 +30,7 @@ FLAGS = flags.FLAGS
 def main(argv) -> None:
   if len(argv) > 1:
     raise InputError(f"unexpected arguments {' '.join(argv[1:])!r} (flags need --)")
-  cfg = config_lib.from_flags(FLAGS)
+  cfg = config_flags.from_flags(FLAGS)
   xla_options.use_ynn_dots(cfg.batching.ynn_dots)  # before the backend starts
   if cfg.run.num_processes > 1:
     jax.distributed.initialize(cfg.run.coordinator_address, cfg.run.num_processes, cfg.run.process_id)
@@ -52,14 +52,14 @@ def main(argv) -> None:
 
 
 def run() -> None:
-  config_lib.define_flags(config_lib.MAIN_SECTIONS)
+  config_flags.define_flags(config_flags.MAIN_SECTIONS)
 
   def guarded(argv):
     if not FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # Orbax and JAX are chatty at INFO
     with exit_on_input_error(PROG):
       main(argv)
-  app.run(guarded, flags_parser=flags_parser(PROG, config_lib.help_text(config_lib.MAIN_SECTIONS,
+  app.run(guarded, flags_parser=flags_parser(PROG, config_flags.help_text(config_flags.MAIN_SECTIONS,
                                                                           "jaxrec.main")))
 
 

@@ -23,6 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrec import checkpoints
+from jaxrec import evaluate
+from jaxrec import vocab
 from jaxrec.fileio import atomic_open, atomic_path
 from jaxrec.model import ModelConfig, Seq2Seq
 
@@ -83,8 +86,7 @@ def write_artifact(directory: str, params, config: ModelConfig, item_ids: np.nda
 
 def export_workdir(workdir: str, config: ModelConfig, mgr, step: int, directory: str, onnx: bool) -> list:
   """write_artifact for checkpoint `step` of `mgr` in a trained workdir, with its vocabulary."""
-  from jaxrec import checkpoints, evaluate, vocab
-  vocab_path = os.path.join(workdir, "vocab.npz")
+  vocab_path = vocab.path_in(workdir)
   item_ids, counts = vocab.load_item_vocab(vocab_path), vocab.load_item_counts(vocab_path)
   params = evaluate.local_copy(checkpoints.restore_params(mgr, step))
   metadata = {"step": step, "vocab_fingerprint": vocab.vocab_fingerprint(item_ids)}

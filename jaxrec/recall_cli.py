@@ -9,7 +9,7 @@ pairs with --with_scores; a `.parquet` output writes columns user, items (and sc
 
 from absl import app
 
-from jaxrec import config as config_lib
+from jaxrec import config_flags
 from jaxrec import errors
 from jaxrec import recall
 from jaxrec.errors import InputError
@@ -21,13 +21,13 @@ def main(argv) -> None:
   with errors.exit_on_input_error(PROG):
     if len(argv) > 1:
       raise InputError(f"unexpected arguments {' '.join(argv[1:])!r} (flags need --)")
-    sections = config_lib.sections_from_flags(config_lib.RECALL_SECTIONS)
+    sections = config_flags.sections_from_flags(config_flags.RECALL_SECTIONS)
     recall.recall_to_file(sections["recall"], sections["index"])
 
 
 def run() -> None:
-  config_lib.define_flags(config_lib.RECALL_SECTIONS)
-  app.run(main, flags_parser=errors.flags_parser(PROG, config_lib.help_text(config_lib.RECALL_SECTIONS,
+  config_flags.define_flags(config_flags.RECALL_SECTIONS)
+  app.run(main, flags_parser=errors.flags_parser(PROG, config_flags.help_text(config_flags.RECALL_SECTIONS,
                                                                             "jaxrec.recall")))
 
 

@@ -16,27 +16,46 @@ A served list is what export + jaxrec.recall give for a user with that history (
 same encoder and the same search; the recall contract's tie rule applies).
 """
 
-import asyncio
-import concurrent.futures
-import contextlib
-import dataclasses
-import functools
-import ipaddress
-import json
 import os
-import signal
-import socket
-import sys
-import time
 
-from absl import app
-from absl import flags
-from absl import logging
+# The event loop shares the cores with faiss's OpenMP threads, which would otherwise spin
+# between searches: libgomp reads this when faiss first loads it, so it is set before the imports.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from jaxrec import config as config_lib
-from jaxrec import console
-from jaxrec import errors
-from jaxrec.errors import InputError
+import asyncio  # noqa: E402 (after the OpenMP setting above)
+import concurrent.futures  # noqa: E402
+import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
+import functools  # noqa: E402
+import ipaddress  # noqa: E402
+import json  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.responses import JSONResponse  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pydantic  # noqa: E402
+import uvicorn  # noqa: E402
+
+from jaxrec import checkpoints  # noqa: E402
+from jaxrec import config as config_lib  # noqa: E402
+from jaxrec import config_flags  # noqa: E402
+from jaxrec import console  # noqa: E402
+from jaxrec import errors  # noqa: E402
+from jaxrec import evaluate  # noqa: E402
+from jaxrec import input_pipeline  # noqa: E402
+from jaxrec import recall  # noqa: E402
+from jaxrec import vocab  # noqa: E402
+from jaxrec import workdir as workdir_lib  # noqa: E402
+from jaxrec.errors import InputError  # noqa: E402
+from jaxrec.model import Seq2Seq  # noqa: E402
 
 PROG = "jaxrec.serve"
 BATCH_SIZES = config_lib.SERVE_BATCH_SIZES
@@ -57,21 +76,12 @@ class ServedModel:
   """One loaded model: parameters, compiled user tower, item index, vocabulary."""
 
   def __init__(self, workdir: str, which: str, index_config: config_lib.IndexConfig):
-    import jax
-    import numpy as np
-    from jaxrec import checkpoints, evaluate, input_pipeline, recall, vocab
-    from jaxrec.model import Seq2Seq
     self.config, mgr, self.step = checkpoints.select(workdir, which)
     self.checkpoint = os.path.join(mgr.directory, str(self.step))
-    vocab_path = os.path.join(workdir, "vocab.npz")
-    if not os.path.exists(vocab_path):
-      raise InputError(f"--workdir={workdir}: no vocab.npz, so the item rows have no ids")
-    item_ids = vocab.load_item_vocab(vocab_path)
-    if len(item_ids) != self.config.num_items:
-      raise InputError(f"{vocab_path}: {len(item_ids) - 1} items, but the model has {self.config.num_items - 1}")
+    item_ids = workdir_lib.item_ids(workdir, self.config)  # checked against the model
     self.item_ids = item_ids[1:]  # row r of the index is item r + 1 of the tables
     self.row_of = {item: row for row, item in enumerate(self.item_ids.tolist())}
-    counts = vocab.load_item_counts(vocab_path)
+    counts = vocab.load_item_counts(vocab.path_in(workdir))
     counts = np.zeros(len(item_ids)) if counts is None else counts
     self.popular = np.argsort(-counts[1:], kind="stable")  # most clicked first, ties by row
     self.popular_counts = counts[1:][self.popular].astype(float)
@@ -110,7 +120,6 @@ class ServedModel:
     return out
 
   def _recall_chunk(self, queries: list) -> list:
-    import numpy as np
     answers = [None] * len(queries)
     encoded = [i for i, q in enumerate(queries) if q.rows]
     for i, q in enumerate(queries):
@@ -218,9 +227,6 @@ def request_schema():
 
 
 def build_app(server: Server, batcher: Batcher, limits: dict):
-  from fastapi import FastAPI, Request
-  from fastapi.responses import JSONResponse
-  import pydantic
 
   one, schema = request_schema()
   app_ = FastAPI(title="jaxrec", description="Recall for fresh click sequences.")
@@ -314,16 +320,12 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def main(argv) -> None:
-  import uvicorn
   if len(argv) > 1:
     raise InputError(f"unexpected arguments {' '.join(argv[1:])!r} (flags need --)")
-  sections = config_lib.sections_from_flags(config_lib.SERVE_SECTIONS)
+  sections = config_flags.sections_from_flags(config_flags.SERVE_SECTIONS)
   cfg = sections["serve"]
   if not cfg.workdir:
     raise InputError("--workdir: required")
-  # The event loop shares the cores with faiss's OpenMP threads, which would otherwise spin
-  # between searches (set before faiss is first imported, by the model's load below).
-  os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
   load = functools.partial(ServedModel, cfg.workdir, cfg.checkpoints, sections["index"])
   sock = _bind(cfg.host, cfg.port)
   host, port = sock.getsockname()[:2]
@@ -363,14 +365,14 @@ def main(argv) -> None:
 
 
 def run() -> None:
-  config_lib.define_flags(config_lib.SERVE_SECTIONS)
+  config_flags.define_flags(config_flags.SERVE_SECTIONS)
   def guarded(argv):
     if not FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)
     with errors.exit_on_input_error(PROG):
       main(argv)
   app.run(guarded, flags_parser=errors.flags_parser(
-      PROG, config_lib.help_text(config_lib.SERVE_SECTIONS, "jaxrec.serve")))
+      PROG, config_flags.help_text(config_flags.SERVE_SECTIONS, "jaxrec.serve")))
 
 
 if __name__ == "__main__":

@@ -6,12 +6,20 @@ a log whose ids are renamed or reordered can never be read under the wrong rows.
 
 import dataclasses
 import hashlib
+import os
 
 import numpy as np
 
 from jaxrec.clicks import ClickLog
 from jaxrec.errors import InputError
 from jaxrec.fileio import atomic_path
+
+FILENAME = "vocab.npz"
+
+
+def path_in(workdir: str) -> str:
+  """The vocabulary of a workdir."""
+  return os.path.join(workdir, FILENAME)
 
 
 def save_vocab(log: ClickLog, path: str, new_items: np.ndarray | None = None,

@@ -43,7 +43,7 @@ def read_base(workdir: str, which: str = "best") -> Base:
   if not os.path.isdir(workdir):
     raise InputError(f"{flag}: not a directory")
   config = checkpoints.read_model_config(workdir)
-  vocab_path = os.path.join(workdir, "vocab.npz")
+  vocab_path = vocab.path_in(workdir)
   if config is None or not os.path.exists(vocab_path):
     raise InputError(f"{flag}: not a jaxrec workdir (no model_config.json and vocab.npz)")
   mgr = checkpoints.manager(workdir, checkpoints.BEST if which == "best" else checkpoints.LATEST, writer=False)

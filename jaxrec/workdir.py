@@ -30,21 +30,16 @@ from jaxrec.clicks import ClickLog
 from jaxrec.config import Config, ModelConfig
 from jaxrec.errors import InputError
 
-VOCAB = "vocab.npz"
 # Settings the user vectors depend on besides the model: a later eval or export of the same
 # workdir must read the log the same way (config.DataConfig; kept in train_config.json).
 READ_SETTINGS = ("user_col", "item_col", "time_col")
 
 
-def vocab_path(workdir: str) -> str:
-  return os.path.join(workdir, VOCAB)
-
-
 def item_ids(workdir: str, model: ModelConfig) -> np.ndarray:
   """The raw ids of the model's table rows (padding first), checked against the model."""
-  path = vocab_path(workdir)
+  path = vocab.path_in(workdir)
   if not os.path.exists(path):
-    raise InputError(f"--workdir={workdir}: no {VOCAB}, so the item rows have no ids")
+    raise InputError(f"--workdir={workdir}: no {vocab.FILENAME}, so the item rows have no ids")
   ids = vocab.load_item_vocab(path)
   if len(ids) != model.num_items:
     raise InputError(f"{path}: {len(ids) - 1} items, but model_config.json says {model.num_items - 1}")
@@ -68,10 +63,10 @@ def start_training(cfg: Config, log: ClickLog) -> Start:
   workdir, source = cfg.run.workdir, cfg.data.source
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise InputError(f"--workdir={workdir}: not a directory")
-  resuming = os.path.exists(vocab_path(workdir)) and checkpoints.read_model_config(workdir) is not None
+  resuming = os.path.exists(vocab.path_in(workdir)) and checkpoints.read_model_config(workdir) is not None
   if resuming:
     # Resuming: the log must hold exactly the model's items, read in its rows' order.
-    log, alignment = vocab.align_to_vocab(log, vocab.load_item_vocab(vocab_path(workdir)))
+    log, alignment = vocab.align_to_vocab(log, vocab.load_item_vocab(vocab.path_in(workdir)))
     # A warm-started workdir keeps yesterday's vanished items: missing from the log is expected.
     if alignment.unknown_items or (alignment.missing_items and not cfg.train.init_from):
       raise InputError(f"{source}: its items differ from those of the model in --workdir={workdir} "
@@ -109,7 +104,7 @@ def record(start: Start, item_counts: np.ndarray) -> dict:
     checkpoints.write_model_config(workdir, start.config.model)
     checkpoints.write_train_flags(workdir, start.config.kept())
     if not start.resuming:
-      vocab.save_vocab(start.log, vocab_path(workdir), start.new_items, item_counts)
+      vocab.save_vocab(start.log, vocab.path_in(workdir), start.new_items, item_counts)
   return {"flags": start.config.kept(), "data": data_fingerprint(start.config, start.log),
           "versions": versions(), "vocab_fingerprint": vocab.vocab_fingerprint(start.log.item_ids)}
 

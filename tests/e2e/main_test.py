@@ -210,7 +210,7 @@ def test_select_metric_picks_the_best_checkpoint_and_drives_patience(tmp_path):
 
 
 def test_readme_flag_tables_are_the_generated_ones():
-  from jaxrec import config
+  from jaxrec import config_flags
   readme = open(os.path.join(REPO, "README.md")).read()
   begin, end = "<!-- flags:begin -->\n", "\n<!-- flags:end -->"
-  assert readme[readme.index(begin) + len(begin):readme.index(end)] == config.readme_tables()
+  assert readme[readme.index(begin) + len(begin):readme.index(end)] == config_flags.readme_tables()

@@ -9,35 +9,36 @@ import pytest
 
 from jaxrec import api
 from jaxrec import config
+from jaxrec import config_flags
 from jaxrec.errors import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def parsed(*argv, sections=config.MAIN_SECTIONS) -> flags.FlagValues:
+def parsed(*argv, sections=config_flags.MAIN_SECTIONS) -> flags.FlagValues:
   fv = flags.FlagValues()
-  config.define_flags(sections, fv)
+  config_flags.define_flags(sections, fv)
   fv(["prog", *argv])
   return fv
 
 
 def test_no_flag_is_defined_outside_the_configuration_tree():
   for path in glob.glob(os.path.join(REPO, "jaxrec", "*.py")):
-    if not path.endswith("config.py"):
+    if not path.endswith("config_flags.py"):
       assert not re.search(r"flags\.DEFINE", open(path).read()), path
 
 
 def test_the_default_flags_are_the_default_tree():
-  assert config.from_flags(parsed()) == config.Config()
-  fv = parsed(sections=config.RECALL_SECTIONS)
-  assert config.sections_from_flags(config.RECALL_SECTIONS, fv) == {"recall": config.RecallConfig(),
+  assert config_flags.from_flags(parsed()) == config.Config()
+  fv = parsed(sections=config_flags.RECALL_SECTIONS)
+  assert config_flags.sections_from_flags(config_flags.RECALL_SECTIONS, fv) == {"recall": config.RecallConfig(),
                                                                      "index": config.IndexConfig()}
-  fv = parsed(sections=config.SERVE_SECTIONS)
-  assert config.sections_from_flags(config.SERVE_SECTIONS, fv)["serve"] == config.ServeConfig()
+  fv = parsed(sections=config_flags.SERVE_SECTIONS)
+  assert config_flags.sections_from_flags(config_flags.SERVE_SECTIONS, fv)["serve"] == config.ServeConfig()
 
 
 def test_flags_fill_their_fields_with_python_types():
-  cfg = config.from_flags(parsed("--dropout_rate=0.25", "--loss=full", "--eval_ks=5,10", "--bucket_lengths=8,16",
+  cfg = config_flags.from_flags(parsed("--dropout_rate=0.25", "--loss=full", "--eval_ks=5,10", "--bucket_lengths=8,16",
                                  "--allow_changed_flags=num_epochs", "--checkpoint_step=7", "--noynn_dots"))
   assert cfg.model.hidden_dropout_rate == 0.25 and cfg.loss.kind == "full"
   assert cfg.eval.eval_ks == (5, 10) and cfg.batching.bucket_lengths == (8, 16)
@@ -49,7 +50,7 @@ def test_flags_fill_their_fields_with_python_types():
 
 def test_a_bad_list_value_names_its_flag():
   with pytest.raises(InputError, match=r"--eval_ks=10,x: expected integers like 10,20,50"):
-    config.from_flags(parsed("--eval_ks=10,x"))
+    config_flags.from_flags(parsed("--eval_ks=10,x"))
 
 
 @pytest.mark.parametrize("values,message", [
@@ -102,12 +103,12 @@ def test_the_values_a_resumed_run_keeps():
 
 
 def test_help_lists_sections_in_the_order_a_user_needs_them():
-  text = config.help_text(config.MAIN_SECTIONS, "jaxrec.main")
+  text = config_flags.help_text(config_flags.MAIN_SECTIONS, "jaxrec.main")
   order = [text.index(f"  --{name}") for name in ("data_path", "workdir", "hidden_size", "loss", "learning_rate",
                                                    "num_epochs", "eval_ks", "layout", "ynn_dots")]
   assert order == sorted(order)
   fv = flags.FlagValues()
-  config.define_flags(config.MAIN_SECTIONS, fv)
+  config_flags.define_flags(config_flags.MAIN_SECTIONS, fv)
   assert {f"  --{name}" for name in fv} - {"  --" + n for n in ("help", "helpfull", "helpshort", "helpxml")} <= {
       line.split("=")[0].split(" (")[0] for line in text.splitlines()}
 

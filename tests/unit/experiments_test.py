@@ -6,10 +6,10 @@ import os
 import pytest
 from absl import flags
 
-from jaxrec import config
+from jaxrec import config_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-config.define_flags(config.MAIN_SECTIONS)  # the flags jaxrec.main parses
+config_flags.define_flags(config_flags.MAIN_SECTIONS)  # the flags jaxrec.main parses
 FLAGFILES = sorted(glob.glob(os.path.join(REPO, "experiments", "*.flags")))
 
 

@@ -1,7 +1,7 @@
 r"""Accuracy of experiment flagfiles: train each (per seed), report validation and test metrics.
 
   python -m benchmarks.accuracy_bench experiments/beauty.flags experiments/beauty_inbatch.flags \
-      experiments/beauty_backward.flags@0 --seeds=0,1,2 [--reuse]
+      benchmarks/experiments/beauty_backward.flags@0 --seeds=0,1,2 [--reuse]
 
 A flagfile followed by @SEEDS (e.g. @0 or @0,1) runs with those seeds instead of --seeds.
 

@@ -10,11 +10,15 @@ from jaxrec import config_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 config_flags.define_flags(config_flags.MAIN_SECTIONS)  # the flags jaxrec.main parses
-FLAGFILES = sorted(glob.glob(os.path.join(REPO, "experiments", "*.flags")))
+# The recipes a user starts from, and the ablations whose BENCHMARKS rows they reproduce.
+FLAGFILES = sorted(glob.glob(os.path.join(REPO, "experiments", "*.flags")) +
+                   glob.glob(os.path.join(REPO, "benchmarks", "experiments", "*.flags")))
 
 
 def test_there_are_flagfiles():
-  assert {"base.flags", "beauty.flags", "beauty_bert4rec.flags"} <= {os.path.basename(f) for f in FLAGFILES}
+  recipes = {os.path.basename(f) for f in glob.glob(os.path.join(REPO, "experiments", "*.flags"))}
+  assert recipes == {"base.flags", "beauty.flags", "beauty_spec.flags", "beauty_inbatch.flags",
+                     "beauty_bert4rec.flags", "sports.flags"}
 
 
 @pytest.mark.parametrize("path", FLAGFILES, ids=os.path.basename)
@@ -23,7 +27,7 @@ def test_flagfile_parses_and_has_header(path, monkeypatch):
   header = [line for line in open(path) if line.startswith("#")]
   for field in ("# Command:", "# Hardware:", "# Expect:"):
     assert any(line.startswith(field) for line in header), (path, field)
-  assert f"--flagfile=experiments/{os.path.basename(path)}" in header[0]
+  assert f"--flagfile={os.path.relpath(path, REPO)}" in header[0]
   # Expands the flagfile and its includes into arguments; sets no flag.
   argv = flags.FLAGS.read_flags_from_files([f"--flagfile={os.path.relpath(path, REPO)}"], force_gnu=False)
   assert argv and all(a.startswith("--") for a in argv)
@@ -31,3 +35,14 @@ def test_flagfile_parses_and_has_header(path, monkeypatch):
   unknown = {n for n in names if n not in flags.FLAGS and not (n.startswith("no") and n[2:] in flags.FLAGS)}
   assert not unknown, (path, unknown)
   assert os.path.basename(path) == "base.flags" or "--workdir=runs/" in " ".join(argv)
+
+
+@pytest.mark.parametrize("path", FLAGFILES, ids=os.path.basename)
+def test_flagfile_builds_a_consistent_configuration(path, monkeypatch):
+  """Every flagfile passes the tree's checks (none sets a flag without effect)."""
+  monkeypatch.chdir(REPO)
+  fv = flags.FlagValues()
+  config_flags.define_flags(config_flags.MAIN_SECTIONS, fv)
+  fv(["jaxrec.main", f"--flagfile={os.path.relpath(path, REPO)}"])
+  cfg = config_flags.from_flags(fv)
+  cfg.check_runnable("train")

@@ -104,11 +104,12 @@ def matmul_flops(tokens: float, pairs: float, scored_slots: float, candidates: i
 def computed_work(batch) -> tuple:
   """(tokens, pairs, scored slots) the step computes for `batch`: its encoder rows (plain,
   split by length or packed) and the lbm slots of its loss levels."""
+  from jaxrec import input_pipeline
   from jaxrec import packing
   rows, length = batch.input_ids.shape
-  if batch.packed_ids is not None:
+  if isinstance(batch, input_pipeline.PackedBatch):
     encoder_rows = [(batch.packed_ids.shape[0], length)]
-  elif batch.short_ids is not None:
+  elif isinstance(batch, input_pipeline.SplitBatch):
     encoder_rows = [batch.short_ids.shape, batch.long_ids.shape]
   else:
     encoder_rows = [(rows, length)]
@@ -293,7 +294,7 @@ def _shape_key(batch) -> tuple:
   import jax
   key = [batch.input_ids.shape[1]]
   for name in ("short_ids", "packed_ids", "slots"):
-    value = getattr(batch, name)
+    value = getattr(batch, name, None)  # the layout's batch type has it, or not
     if value is not None:
       key.append(value.shape[1] if name != "packed_ids" else value.shape[0])
   if batch.loss_rows is not None:

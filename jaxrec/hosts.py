@@ -18,6 +18,7 @@ Collectives: every process makes the same calls in the same order, all from the 
 thread (never from the prefetch thread, which would race the train step's collectives).
 """
 
+import dataclasses
 import zlib
 
 import jax
@@ -198,9 +199,9 @@ def concat_batches(batches: list):
       return tuple(np.concatenate(f) for f in zip(*fields))
     return np.concatenate(fields)
   first = batches[0]
-  return first.replace(**{name: cat(*(getattr(b, name) for b in batches))
-                          for name in ("input_ids", "label", "hot_weight", "row_mask", "slots", "packed_ids",
-                                       "segments", "unpack", "loss_rows")})
+  # Every shard's batch has the agreed layout; rows split by length never meet several shards.
+  assert all(type(b) is type(first) for b in batches) and not isinstance(first, input_pipeline.SplitBatch)
+  return first.replace(**{f.name: cat(*(getattr(b, f.name) for b in batches)) for f in dataclasses.fields(first)})
 
 
 def _agree_sum(x: np.ndarray) -> np.ndarray:

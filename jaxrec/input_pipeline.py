@@ -92,33 +92,50 @@ def epoch_batches(bucket_R: np.ndarray, num_buckets: int, batch_size: int, seed:
 
 @flax.struct.dataclass
 class Batch:
-  """One global training batch (SPEC section 1), with the optional fields of two speed-ups.
+  """One global training batch (SPEC section 1) in the plain layout: one user per row.
 
   input_ids [B, L]: the last L training inputs, left-padded with 0;
   label [B, L]: the next item at each position; padded slots hold popularity-drawn negatives;
   hot_weight [B, L]: log(count/total) of each label item (the logQ correction);
-  row_mask [B]: 1 for real users, 0 for rows that only pad the batch (never candidates);
+  row_mask [B]: 1 for real users, 0 for rows that only pad the batch (never candidates).
+  Which slots the loss scores (None: every slot, the SPEC's literal batch):
   slots [G, C] (--loss=full): per device group of B / G rows, the flat indices (row * L +
-    position, within the group) of its real slots, then -1;
-  order [B], short_ids [B - C, S], long_ids [C, L] (--short_length): the rows shortest
-    first, split into a group run at length S and the C longest run at L;
-  packed_ids [G * P, L], segments [G * P, L], unpack [G, B / G * L] (layout packed): the
-    users of each device group packed P rows to a group (`pack`);
-  loss_rows (in-batch losses at real slots): per loss level after the first, [G, C_k] the
-    rows of each group long enough to have real slots in it (`level_rows`).
+    position, within the group) of its real slots, then -1 (packing.real_slots);
+  loss_rows (in-batch losses): per loss level after the first, [G, C_k] the rows of each
+    group long enough to have real slots in it (packing.level_rows).
+  The encoder sees the rows as they are here, or as a SplitBatch or PackedBatch lays them out.
   """
   input_ids: np.ndarray
   label: np.ndarray
   hot_weight: np.ndarray
   row_mask: np.ndarray
   slots: np.ndarray | None = None
-  order: np.ndarray | None = None
-  short_ids: np.ndarray | None = None
-  long_ids: np.ndarray | None = None
-  packed_ids: np.ndarray | None = None
-  segments: np.ndarray | None = None
-  unpack: np.ndarray | None = None
   loss_rows: tuple | None = None
+
+
+@flax.struct.dataclass(kw_only=True)
+class SplitBatch(Batch):
+  """A Batch whose encoder runs at two padded lengths (--short_length, split_by_length):
+  order [B], short_ids [B - C, S], long_ids [C, L]: the rows shortest first, split into a
+  group run at length S and the C longest run at L."""
+  order: np.ndarray
+  short_ids: np.ndarray
+  long_ids: np.ndarray
+
+
+@flax.struct.dataclass(kw_only=True)
+class PackedBatch(Batch):
+  """A Batch whose users are packed several to a row (layout packed, packing.pack):
+  packed_ids [G * P, L], segments [G * P, L], unpack [G, B / G * L]: the users of each
+  device group packed into P rows, each its own segment."""
+  packed_ids: np.ndarray
+  segments: np.ndarray
+  unpack: np.ndarray
+
+
+def fields_of(batch: Batch) -> dict:
+  """The fields of the plain Batch underneath any layout's batch."""
+  return {f.name: getattr(batch, f.name) for f in dataclasses.fields(Batch)}
 
 
 def train_batch(split: Split, sampler: PopularitySampler, users: np.ndarray, batch_size: int,
@@ -141,7 +158,7 @@ def train_batch(split: Split, sampler: PopularitySampler, users: np.ndarray, bat
   return Batch(input_ids=input_ids, label=label, hot_weight=sampler.log_q[label], row_mask=row_mask)
 
 
-def split_by_length(batch: Batch, short_length: int, long_rows: int) -> Batch:
+def split_by_length(batch: Batch, short_length: int, long_rows: int) -> SplitBatch:
   """`batch` with its rows also as two groups, for an encoder run at two padded lengths.
 
   short_ids [B - C, S]: the B - C rows with the fewest real items, their last S slots
@@ -155,8 +172,8 @@ def split_by_length(batch: Batch, short_length: int, long_rows: int) -> Batch:
   order = np.argsort(lengths, kind="stable")
   short = order[:rows - long_rows]
   width = short_length if lengths[short].max(initial=0) <= short_length else length
-  return batch.replace(order=order.astype(np.int32), short_ids=ids[short, length - width:],
-                       long_ids=ids[order[rows - long_rows:]])
+  return SplitBatch(**fields_of(batch), order=order.astype(np.int32), short_ids=ids[short, length - width:],
+                    long_ids=ids[order[rows - long_rows:]])
 
 
 LAYOUTS = ("auto", "packed", "rows", "plain")
@@ -334,7 +351,7 @@ class BatchPlan:
       fits = need is None or need[1] <= self.pack_rows[length]
       packed = packing.pack(batch.input_ids, self.num_devices, self.pack_rows[length]) if fits else None
       if packed is not None:
-        batch = batch.replace(packed_ids=packed[0], segments=packed[1], unpack=packed[2])
+        batch = PackedBatch(**fields_of(batch), packed_ids=packed[0], segments=packed[1], unpack=packed[2])
     return batch, len(rows)
 
   def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Batch, int]]:

@@ -16,7 +16,7 @@ import optax
 from jaxrec import input_pipeline
 from jaxrec import packing
 from jaxrec import masks
-from jaxrec.input_pipeline import Batch
+from jaxrec.input_pipeline import Batch, PackedBatch, SplitBatch
 from jaxrec.loss import full_softmax_loss, in_batch_softmax_loss
 from jaxrec.config import LossConfig, OptimizerConfig
 from jaxrec.model import Seq2Seq, init_params
@@ -104,14 +104,14 @@ def loss_fn(params, model: Seq2Seq, batch: Batch, dropout_rng=None, loss: LossCo
     return model.apply(variables, ids_BxL, rng is None, lookup_in(ids_BxL), False, segments_BxL,
                        rngs=None if rng is None else {"dropout": rng}, method=Seq2Seq.encode)
 
-  if batch.packed_ids is not None:  # users packed into rows (packing.pack): slots restored
+  if isinstance(batch, PackedBatch):  # users packed into rows (packing.pack): slots restored
     packed_PxLxD = encode(batch.packed_ids, dropout_rng, batch.segments)
     groups, d = batch.unpack.shape[0], packed_PxLxD.shape[-1]
     index_GxTx1 = jnp.maximum(batch.unpack, 0)[..., None]
     plain_GxTxD = jnp.take_along_axis(packed_PxLxD.reshape(groups, -1, d), index_GxTx1, axis=1)
     plain_GxTxD = jnp.where(batch.unpack[..., None] >= 0, plain_GxTxD, 0.0)
     seq_out = plain_GxTxD.reshape(batch.input_ids.shape + (d,))
-  elif batch.order is not None:  # split by length (input_pipeline.split_by_length): rows restored
+  elif isinstance(batch, SplitBatch):  # split by length (input_pipeline.split_by_length): rows restored
     rngs = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
     short_BxSxD, long_BxLxD = encode(batch.short_ids, rngs[0]), encode(batch.long_ids, rngs[1])
     pad = long_BxLxD.shape[1] - short_BxSxD.shape[1]

@@ -17,11 +17,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxrec.config import LossConfig
 from jaxrec import input_pipeline
 from jaxrec import packing
 from jaxrec import step as step_lib
-from jaxrec.input_pipeline import Batch
+from jaxrec.config import LossConfig
+from jaxrec.input_pipeline import Batch, PackedBatch
 from jaxrec.model import ModelConfig, Seq2Seq, init_params, position_ids
 
 NUM_ITEMS, BATCH, LENGTH = 30, 6, 8
@@ -63,7 +63,7 @@ def exact_layouts(batch: Batch, groups: int, loss: LossConfig) -> tuple:
     fast = batch.replace(loss_rows=packing.level_rows(batch.input_ids, batch.row_mask, groups,
                                                              capacities))
   packed_ids, segments, unpack = packing.pack(batch.input_ids, groups, per_group)
-  return plain, fast.replace(packed_ids=packed_ids, segments=segments, unpack=unpack)
+  return plain, PackedBatch(**input_pipeline.fields_of(fast), packed_ids=packed_ids, segments=segments, unpack=unpack)
 
 
 def random_params(config, seed):

@@ -159,23 +159,11 @@ def _trainer(job, log, workdir):
   from jaxrec import config as config_lib
   from jaxrec import holdout
   from jaxrec.train import Trainer
-  loss = job.get("loss", "inbatch")
-  options = dict(seq_length=job["seq_length"], hidden_size=job["hidden_size"],
-                 num_attention_heads=job["num_heads"], num_hidden_layers=job["num_layers"],
-                 feed_forward_size=job.get("feed_forward_size", 0), dropout_rate=job.get("dropout_rate", 0.0),
-                 share_embeddings=job.get("share_embeddings", False), loss=loss,
-                 remove_accidental_hits=job.get("hits", False),
-                 batch_size=job["batch_size"], num_epochs=3, eval_every_epochs=0,
-                 checkpoint_every_steps=10**9, log_every_steps=10**9,
-                 bucket_lengths=tuple(job.get("bucket_lengths", ())),
-                 # --quick runs at L=16, where the 16 of the pre-packing row is no shorter length
-                 short_length=job.get("short_length", 0) if job.get("short_length", 0) < job["seq_length"] else 0,
-                 layout=job.get("layout", "auto"), sparse_embedding_updates=job.get("sparse", False))
-  if loss == "mixed":
-    options["num_negatives"] = job.get("num_negatives", 256)
-  if loss == "full":
-    options["label_smoothing"] = job.get("label_smoothing", 0.0)
-  config = config_lib.make(**options)
+  options = dict(job["options"])
+  if options.get("short_length", 0) >= options["seq_length"]:
+    options["short_length"] = 0  # --quick runs at L=16, where the 16 of the pre-packing row is no shorter length
+  config = config_lib.make(**options, num_epochs=3, eval_every_epochs=0, checkpoint_every_steps=10**9,
+                           log_every_steps=10**9)
   config = config.replace(model={"num_items": log.num_items})
   return Trainer(config, holdout.leave_one_out(log), workdir)
 
@@ -374,7 +362,7 @@ def _ceilings_job(job) -> dict:
 
 def _worker(job) -> dict:
   from jaxrec import xla_options
-  xla_options.use_ynn_dots(job.get("ynn", True))  # as jaxrec.main --ynn_dots does, before jax starts
+  xla_options.use_ynn_dots(job.get("options", {}).get("ynn_dots", True))  # as jaxrec.main does, before jax starts
   if job["kind"] == "ceilings":
     return _ceilings_job(job)
   compiles = CompileCounter()
@@ -411,11 +399,12 @@ def _progress(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
 
 
-def _model_job(sizes: Sizes, **overrides) -> dict:
-  job = dict(batch_size=sizes.batch_size, seq_length=sizes.seq_length, hidden_size=sizes.hidden_size,
-             num_heads=sizes.num_heads, num_layers=sizes.num_layers)
-  job.update(overrides)
-  return job
+def _model_job(sizes: Sizes, options: dict | None = None, **bench) -> dict:
+  """A child's job: jaxrec options by their flag names (config.make builds the run from them,
+  as jaxrec.main does from its flags) and the benchmark's own settings beside them."""
+  defaults = dict(batch_size=sizes.batch_size, seq_length=sizes.seq_length, hidden_size=sizes.hidden_size,
+                  num_attention_heads=sizes.num_heads, num_hidden_layers=sizes.num_layers)
+  return dict(options={**defaults, **(options or {})}, **bench)
 
 
 # Table rows (label, format of one _real_job result) shared by the real-data and loss tables.
@@ -440,7 +429,7 @@ def _results_table(names: list, rows: list, results: list) -> str:
 
 def real_section(sizes: Sizes, data_path: str, ceilings: dict) -> tuple[str, list]:
   configs = [("default (--layout=auto)", {}),
-             ("default, --noynn_dots", {"ynn": False}),
+             ("default, --noynn_dots", {"ynn_dots": False}),
              ("--layout=rows", {"layout": "rows"}),
              ("--layout=plain", {"layout": "plain"}),
              (f"--short_length={sizes.short_length}", {"short_length": sizes.short_length}),
@@ -448,8 +437,8 @@ def real_section(sizes: Sizes, data_path: str, ceilings: dict) -> tuple[str, lis
   results = []
   for name, overrides in configs:
     _progress(f"train_bench: real data, {name}")
-    job = _model_job(sizes, kind="real", data_path=data_path, users=sizes.real_users,
-                     synthetic_users=max(sizes.real_users, 2000), synthetic_items=sizes.sweep_items, **overrides)
+    job = _model_job(sizes, overrides, kind="real", data_path=data_path, users=sizes.real_users,
+                     synthetic_users=max(sizes.real_users, 2000), synthetic_items=sizes.sweep_items)
     results.append(_run_child(job))
   sasrec = None
   if FLAGS.sasrec_python and data_path:
@@ -496,12 +485,12 @@ def real_section(sizes: Sizes, data_path: str, ceilings: dict) -> tuple[str, lis
   return "\n".join(text), results
 
 
-LOSSES = [("inbatch", {}), ("inbatch, hits removed", {"hits": True}),
+LOSSES = [("inbatch", {}), ("inbatch, hits removed", {"remove_accidental_hits": True}),
           ("mixed (+256 uniform)", {"loss": "mixed"}), ("full", {"loss": "full"}),
           ("full, label smoothing 0.1 (beauty_spec.flags)", {"loss": "full", "label_smoothing": 0.1}),
-          ("full, label smoothing 0.1, --noynn_dots", {"loss": "full", "label_smoothing": 0.1, "ynn": False}),
+          ("full, label smoothing 0.1, --noynn_dots", {"loss": "full", "label_smoothing": 0.1, "ynn_dots": False}),
           ("beauty_spec.flags before packing and YNN dots (+ --short_length=16 --noynn_dots)",
-           {"loss": "full", "label_smoothing": 0.1, "short_length": 16, "ynn": False})]
+           {"loss": "full", "label_smoothing": 0.1, "short_length": 16, "ynn_dots": False})]
 
 
 def _run_sasrec(sizes: Sizes, data_path: str) -> dict:
@@ -527,10 +516,10 @@ def losses_section(sizes: Sizes, data_paths: list) -> str:
     results = []
     for name, overrides in LOSSES:
       _progress(f"train_bench: losses, {os.path.basename(path) or 'synthetic'}, {name}")
-      job = _model_job(sizes, kind="real", data_path=path, users=sizes.real_users, analyse=False,
-                       synthetic_users=max(sizes.real_users, 2000), synthetic_items=sizes.sweep_items,
-                       feed_forward_size=sizes.feed_forward_size, dropout_rate=0.5, share_embeddings=True,
-                       **overrides)
+      job = _model_job(sizes, dict(feed_forward_size=sizes.feed_forward_size, dropout_rate=0.5,
+                                   share_embeddings=True, **overrides),
+                       kind="real", data_path=path, users=sizes.real_users, analyse=False,
+                       synthetic_users=max(sizes.real_users, 2000), synthetic_items=sizes.sweep_items)
       results.append(_run_child(job))
     metrics = [*STEP_ROWS, ("epoch s", lambda r: f"{r['ms_per_step'] * r['steps'] / 1e3:.1f}"),
                ("batch layout", lambda r: r["layout"]), *COMPILE_ROWS,
@@ -546,19 +535,19 @@ def sweep_section(sizes: Sizes, ceilings: dict) -> tuple[str, dict]:
   sweeps = {"batch": [], "seq": [], "catalog": [], "catalog_sparse": []}
   for batch_size in sizes.batch_sweep:
     _progress(f"train_bench: synthetic, batch {batch_size}")
-    sweeps["batch"].append(_run_child(_model_job(sizes, kind="sweep", batch_size=batch_size,
+    sweeps["batch"].append(_run_child(_model_job(sizes, dict(batch_size=batch_size), kind="sweep",
                                                  users=sizes.sweep_users, items=sizes.sweep_items, **timing)))
   for seq_length in sizes.seq_sweep:
     _progress(f"train_bench: synthetic, seq_length {seq_length}")
-    sweeps["seq"].append(_run_child(_model_job(sizes, kind="sweep", seq_length=seq_length,
+    sweeps["seq"].append(_run_child(_model_job(sizes, dict(seq_length=seq_length), kind="sweep",
                                                users=sizes.sweep_users, items=sizes.sweep_items, **timing)))
   for items in sizes.catalog_sweep:
     _progress(f"train_bench: synthetic, {items:,} items")
     sweeps["catalog"].append(_run_child(_model_job(sizes, kind="sweep", users=sizes.sweep_users, items=items,
                                                    optimizer_repeats=sizes.optimizer_repeats, **timing)))
     _progress(f"train_bench: synthetic, {items:,} items, --sparse_embedding_updates")
-    sweeps["catalog_sparse"].append(_run_child(_model_job(sizes, kind="sweep", users=sizes.sweep_users,
-                                                          items=items, sparse=True, **timing)))
+    sweeps["catalog_sparse"].append(_run_child(_model_job(sizes, dict(sparse_embedding_updates=True), kind="sweep",
+                                                          users=sizes.sweep_users, items=items, **timing)))
 
   def rows(values, results):
     return [(f"{v:,}", f"{r['ms_per_step']:.1f}", f"{r['seq_per_s']:,.0f}", f"{r['peak_rss_mib']:.0f}")
@@ -647,7 +636,7 @@ def main(argv):
   ceilings = _run_child({"kind": "ceilings", "matmul_n": sizes.matmul_n, "copy_bytes": sizes.copy_bytes})
   # The ceiling is the faster of XLA's matmul with and without YNNPACK's dots.
   without = _run_child({"kind": "ceilings", "matmul_n": sizes.matmul_n, "copy_bytes": sizes.copy_bytes,
-                        "ynn": False})
+                        "options": {"ynn_dots": False}})
   ceilings["matmul_gflops_ynn"], ceilings["matmul_gflops_xla"] = ceilings["matmul_gflops"], without["matmul_gflops"]
   ceilings["matmul_gflops"] = max(ceilings["matmul_gflops"], without["matmul_gflops"])
   unknown = set(FLAGS.sections) - {"real", "sweeps", "losses"}

@@ -66,6 +66,7 @@ def train(cfg: Config, log: ClickLog | None = None) -> dict:
   """Trains in cfg.run.workdir (resuming a run there), validates, tests the best; returns the
   summary that summary.json records. Raises train.Preempted after saving on SIGTERM / SIGINT."""
   cfg.check_runnable("train")
+  workdir_lib.check_publishable(cfg)
   log = load_clicks(cfg) if log is None else log
   start = workdir_lib.start_training(cfg, log)
   split = make_split(start.config, start.log)
@@ -75,8 +76,10 @@ def train(cfg: Config, log: ClickLog | None = None) -> dict:
   with workdir_lib.removed_unless_checkpointed(cfg.run.workdir):
     run_info = workdir_lib.record(start, split.item_counts())
     split = own_share(start.config, split)  # several processes: the other users' clicks are dropped here
-    return train_lib.train_and_evaluate(start.config, split, cfg.run.workdir, run_info,
-                                        start.base and start.base.params)
+    result = train_lib.train_and_evaluate(start.config, split, cfg.run.workdir, run_info,
+                                          start.base and start.base.params)
+  workdir_lib.publish(cfg)
+  return result
 
 
 def evaluate(cfg: Config, log: ClickLog | None = None) -> list:
@@ -85,7 +88,7 @@ def evaluate(cfg: Config, log: ClickLog | None = None) -> list:
   if cfg.data.holdout == "none":
     raise InputError("--mode=eval: --holdout=none holds nothing out to evaluate")
   model, mgr, step = workdir_lib.select(cfg)
-  workdir_lib.check_read_settings(cfg)
+  workdir_lib.check_evaluable(cfg)
   log = load_clicks(cfg) if log is None else log
   split = own_share(cfg, make_split(cfg, workdir_lib.model_log(cfg, log, model)))
   del log
@@ -107,6 +110,7 @@ def export(cfg: Config, log: ClickLog | None = None) -> str:
   cfg.check_runnable("export")
   model, mgr, step = workdir_lib.select(cfg)
   workdir_lib.check_read_settings(cfg)
+  workdir_lib.check_publishable(cfg)
   path = cfg.run.output or os.path.join(cfg.run.workdir, "embeddings.npz")
   out_dir = os.path.dirname(os.path.abspath(path))
   if os.path.isdir(path):
@@ -129,6 +133,7 @@ def export(cfg: Config, log: ClickLog | None = None) -> str:
   if arrays:
     console.info("wrote %s: %d users, %d items, checkpoint step %d", path, len(arrays["user_ids"]),
                  len(arrays["item_ids"]), step)
+  workdir_lib.publish(cfg)
   return path
 
 

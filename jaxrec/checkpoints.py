@@ -13,6 +13,7 @@ from jaxrec.model import ModelConfig
 
 LATEST = "checkpoints"  # every --checkpoint_every_steps and at the end: for resuming
 BEST = "best"  # the state with the best validation NDCG@10 so far
+SUCCESS = "_SUCCESS"  # written last by a finished run, once summary.json is complete (train.py)
 
 
 def manager(workdir: str, which: str = LATEST, every: int = 1, max_to_keep: int = 3, writer: bool = True):
@@ -92,17 +93,22 @@ def train_flags_path(workdir: str) -> str:
   return os.path.join(workdir, "train_config.json")
 
 
+def read_train_flags(workdir: str) -> dict:
+  """The values the run in `workdir` keeps (train_config.json); {} before its first start."""
+  path = train_flags_path(workdir)
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError as e:
+    raise InputError(f"{path}: not a jaxrec training config ({e})") from None
+
+
 def check_train_flags(workdir: str, values: dict, allowed=()) -> None:
   """Refuses to resume a run whose training flags differ from those it was started with,
   except the flags named in `allowed`."""
-  path = train_flags_path(workdir)
-  if not os.path.exists(path):
-    return
-  try:
-    with open(path) as f:
-      saved = json.load(f)
-  except ValueError as e:
-    raise InputError(f"{path}: not a jaxrec training config ({e})") from None
+  saved = read_train_flags(workdir)
   changed = [k for k, v in values.items() if k in saved and saved[k] != v and k not in allowed]
   if changed:
     diffs = "; ".join(f"--{k} {_flag_text(saved[k])} there, {_flag_text(values[k])} now" for k in changed)

@@ -248,8 +248,9 @@ class TrainConfig(Section):
   seed: int = option(0, "Seed of initialisation, shuffling, negatives and dropout.", kept=True)
   init_from: str = option("", "Warm start: begin a new --workdir from the model in this workdir (its items "
                           "keep their rows, new items of this log are appended; a fresh optimizer).", kept=True)
-  init_checkpoints: str = option("best", "--init_from: which checkpoint to start from.",
-                                 choices=("best", "latest"), kept=True,
+  init_checkpoints: str = option("auto", "--init_from: which checkpoint to start from: the best on "
+                                 "validation, the latest, or auto: the best where validation ran, else the latest.",
+                                 choices=("auto", "best", "latest"), kept=True,
                                  only=(lambda c: bool(c.train.init_from), "--init_from"))
   checkpoint_every_steps: int = option(1000, "Checkpoint interval (also at every epoch end).", lower=1)
   max_to_keep: int = option(3, "Checkpoints kept.", lower=1)
@@ -330,6 +331,10 @@ class RunConfig(Section):
                      choices=("train", "eval", "export", "export_model", "inspect"))
   output: str = option("", "--mode=export: output path (default <workdir>/embeddings.npz); "
                        "--mode=export_model: a directory (default <workdir>/model).")
+  publish: str = option("", "After the run (or export) succeeds, point this symlink at --workdir, atomically "
+                        "(e.g. runs/current, which jaxrec.serve --workdir=runs/current follows on reload); a "
+                        "run that fails leaves it as it was.",
+                        only=(lambda c: c.run.mode in ("train", "export"), "--mode=train or export"))
   onnx: bool = option(False, "--mode=export_model: also write user_tower.onnx (needs the `onnx` extra: "
                       "pip install -e '.[onnx]').")
   allow_changed_flags: tuple[str, ...] = option(
@@ -408,6 +413,8 @@ class Config:
           value = getattr(section, f.name)
           out[flag_name(f)] = [str(v) for v in value] if isinstance(value, tuple) else value
     out["data_shards"] = self.data_shards
+    if not self.train.init_from:
+      del out["init_checkpoints"]  # means nothing without --init_from (and its default changed)
     return out
 
 

@@ -74,7 +74,7 @@ class MetricsLog:
 class EvalProgress:
   """Best validation score and patience counter, persisted so resumed runs stop alike."""
   path: str
-  best_score: float = -1.0  # of TrainConfig.select_metric
+  best_score: float = -1.0  # of EvalConfig.select_metric
   best_epoch: int = -1
   best_metrics: dict = dataclasses.field(default_factory=dict)
   bad_evals: int = 0

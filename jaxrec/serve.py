@@ -76,12 +76,14 @@ class ServedModel:
   """One loaded model: parameters, compiled user tower, item index, vocabulary."""
 
   def __init__(self, workdir: str, which: str, index_config: config_lib.IndexConfig):
-    self.config, mgr, self.step = checkpoints.select(workdir, which)
+    # A published link (--publish) is resolved at every load, so a reload follows it to the new run.
+    self.run = os.path.realpath(workdir)
+    self.config, mgr, self.step = checkpoints.select(self.run, which)
     self.checkpoint = os.path.join(mgr.directory, str(self.step))
-    item_ids = workdir_lib.item_ids(workdir, self.config)  # checked against the model
+    item_ids = workdir_lib.item_ids(self.run, self.config)  # checked against the model
     self.item_ids = item_ids[1:]  # row r of the index is item r + 1 of the tables
     self.row_of = {item: row for row, item in enumerate(self.item_ids.tolist())}
-    counts = vocab.load_item_counts(vocab.path_in(workdir))
+    counts = vocab.load_item_counts(vocab.path_in(self.run))
     counts = np.zeros(len(item_ids)) if counts is None else counts
     self.popular = np.argsort(-counts[1:], kind="stable")  # most clicked first, ties by row
     self.popular_counts = counts[1:][self.popular].astype(float)
@@ -100,7 +102,7 @@ class ServedModel:
     self._search = recall.search
 
   def info(self) -> dict:
-    return {"model_step": self.step, "items": len(self.item_ids), "dimensions": self.config.hidden_size,
+    return {"model_step": self.step, "run": self.run, "items": len(self.item_ids), "dimensions": self.config.hidden_size,
             "seq_length": self.config.seq_length, "checkpoint": self.checkpoint, "loaded_at": self.loaded_at,
             "index": type(self.index).__name__}
 
@@ -127,7 +129,7 @@ class ServedModel:
         n = q.top_n
         answers[i] = {"items": self.item_ids[self.popular[:n]].tolist(),
                       "scores": self.popular_counts[:n].tolist(), "unknown_clicks": q.unknown_clicks,
-                      "model_step": self.step, "fallback": "popular"}
+                      "model_step": self.step, "run": self.run, "fallback": "popular"}
     if not encoded:
       return answers
     seq_length = self.config.seq_length
@@ -150,7 +152,7 @@ class ServedModel:
       keep = items_BxN[r, :n] >= 0
       answers[i] = {"items": self.item_ids[items_BxN[r, :n][keep]].tolist(),
                     "scores": scores_BxN[r, :n][keep].astype(float).tolist(),
-                    "unknown_clicks": queries[i].unknown_clicks, "model_step": self.step}
+                    "unknown_clicks": queries[i].unknown_clicks, "model_step": self.step, "run": self.run}
     return answers
 
 

@@ -52,7 +52,7 @@ def to_global(batch: Batch, sharding: NamedSharding) -> Batch:
       sharding, v, (v.shape[0] * jax.process_count(),) + v.shape[1:]), batch)
 
 
-SUCCESS = "_SUCCESS"  # written last, once summary.json is complete
+SUCCESS = checkpoints.SUCCESS
 
 
 class Trainer:

@@ -37,8 +37,9 @@ class Base:
   step: int
 
 
-def read_base(workdir: str, which: str = "best") -> Base:
-  """The `which` (best or latest) checkpoint of a jaxrec workdir, with its vocabulary."""
+def read_base(workdir: str, which: str = "auto") -> Base:
+  """The `which` checkpoint (best, latest, or auto: best where validation ran, else latest) of
+  a finished jaxrec run, with its vocabulary."""
   flag = f"--init_from={workdir}"
   if not os.path.isdir(workdir):
     raise InputError(f"{flag}: not a directory")
@@ -46,6 +47,11 @@ def read_base(workdir: str, which: str = "best") -> Base:
   vocab_path = vocab.path_in(workdir)
   if config is None or not os.path.exists(vocab_path):
     raise InputError(f"{flag}: not a jaxrec workdir (no model_config.json and vocab.npz)")
+  if not os.path.exists(os.path.join(workdir, checkpoints.SUCCESS)):
+    raise InputError(f"{flag}: its run has not finished (no {checkpoints.SUCCESS}): rerun its command to "
+                     "finish it, or start from a finished run")
+  if which == "auto":
+    which = "best" if checkpoints.manager(workdir, checkpoints.BEST, writer=False).all_steps() else "latest"
   mgr = checkpoints.manager(workdir, checkpoints.BEST if which == "best" else checkpoints.LATEST, writer=False)
   if not mgr.all_steps():
     raise InputError(f"{flag}: no checkpoint in {mgr.directory} (--init_checkpoints={which})")

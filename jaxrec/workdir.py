@@ -33,6 +33,7 @@ from jaxrec.errors import InputError
 # Settings the user vectors depend on besides the model: a later eval or export of the same
 # workdir must read the log the same way (config.DataConfig; kept in train_config.json).
 READ_SETTINGS = ("user_col", "item_col", "time_col")
+SPLIT_SETTINGS = ("holdout", "split", "valid_from", "test_from")  # which clicks eval measures
 
 
 def item_ids(workdir: str, model: ModelConfig) -> np.ndarray:
@@ -122,6 +123,34 @@ def removed_unless_checkpointed(workdir: str):
     raise
 
 
+def check_publishable(cfg: Config) -> None:
+  """--publish: refused before any work if the link could not be repointed afterwards."""
+  link = cfg.run.publish
+  if not link:
+    return
+  if os.path.lexists(link) and not os.path.islink(link):
+    raise InputError(f"--publish={link}: exists and is not a symlink; name a new path or a link")
+  parent = os.path.dirname(os.path.abspath(link))
+  if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+    raise InputError(f"--publish={link}: directory {parent} is not writable")
+  if os.path.abspath(link) == os.path.abspath(cfg.run.workdir):
+    raise InputError(f"--publish={link}: is --workdir; name the link that should point at it")
+
+
+def publish(cfg: Config) -> None:
+  """Points the --publish symlink at the workdir in one rename: readers see the old run or the new."""
+  link = cfg.run.publish
+  if not link or jax.process_index() != 0:
+    return
+  tmp = f"{link}.tmp-{os.getpid()}"
+  with errors.writing(f"--publish={link}", "the link points where it did"):
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    os.symlink(os.path.abspath(cfg.run.workdir), tmp)
+    os.replace(tmp, link)
+  console.info("published %s -> %s", link, os.path.abspath(cfg.run.workdir))
+
+
 def data_fingerprint(cfg: Config, log: ClickLog) -> dict:
   path = cfg.data.data_path if cfg.data.data_format != "synthetic" else ""
   return {"path": os.path.abspath(path) if path else "synthetic", "format": cfg.data.data_format,
@@ -140,10 +169,20 @@ def versions() -> dict:
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
-def check_read_settings(cfg: Config) -> None:
-  """Eval and export read the log as training did: the same id and time columns."""
-  checkpoints.check_train_flags(cfg.run.workdir, {name: getattr(cfg.data, name) for name in READ_SETTINGS},
+def check_read_settings(cfg: Config, names: tuple = READ_SETTINGS) -> None:
+  """Eval and export read the log as training did: the same id and time columns (and, for
+  eval, the same held-out clicks)."""
+  checkpoints.check_train_flags(cfg.run.workdir, {name: getattr(cfg.data, name) for name in names},
                                 set(cfg.run.allow_changed_flags))
+
+
+def check_evaluable(cfg: Config) -> None:
+  """Evaluation measures held-out clicks: the ones the run held out, never clicks it trained on."""
+  if checkpoints.read_train_flags(cfg.run.workdir).get("holdout") == "none":
+    raise InputError(f"--mode=eval: the model in --workdir={cfg.run.workdir} trained on every click "
+                     "(--holdout=none), so no click is held out to evaluate it on; evaluate the run with "
+                     "--holdout=last that chose its settings")
+  check_read_settings(cfg, READ_SETTINGS + SPLIT_SETTINGS)
 
 
 def select(cfg: Config):

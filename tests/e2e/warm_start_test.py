@@ -87,7 +87,7 @@ def test_errors_name_the_flag_or_the_workdir(tmp_path):
   for extra, message in [
       (["--hidden_size=32", "--init_checkpoints=latest"], f"--hidden_size=32: the model of --init_from={day1} has hidden_size=16"),
       (["--share_embeddings", "--init_checkpoints=latest"], f"--share_embeddings=True: the model of --init_from={day1} has share_embeddings=False"),
-      ([], f"--init_from={day1}: no checkpoint in {day1}/best"),
+      (["--init_checkpoints=best"], f"--init_from={day1}: no checkpoint in {day1}/best"),
   ]:
     result = cli(*TINY, "--num_epochs=1", f"--workdir={tmp_path}/new", f"--init_from={day1}", *extra)
     assert result.returncode == 2 and message in result.stderr, result.stderr

@@ -1,0 +1,114 @@
+"""The daily cycle's traps, each as a user met it on their own CSV (string ids, ISO times):
+a warm start from a production run, an unfinished base, eval of a model that trained on every
+click, an export that forgets the time column, and publishing a day that the server follows."""
+
+import os
+import random
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from serve_test import Served
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = ("--hidden_size=16 --num_hidden_layers=1 --seq_length=10 --batch_size=32 --num_epochs=2 "
+        "--eval_ks=10,20 --time_col=ts").split()
+
+
+def cli(*args, module="jaxrec.main") -> subprocess.CompletedProcess:
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  return subprocess.run([sys.executable, "-m", module, *args], env=env, capture_output=True, text=True,
+                        timeout=300)
+
+
+def ok(*args):
+  result = cli(*args)
+  assert result.returncode == 0, result.stderr
+  return result
+
+
+def refused(*args) -> str:
+  result = cli(*args)
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.splitlines()
+  assert len(lines) == 1 and lines[0].startswith("jaxrec: error: "), result.stderr
+  return lines[0]
+
+
+def write_day(path, day: int, users=150, items=50) -> str:
+  """A shuffled CSV of `day` days of clicks; day 2 brings item sku-new."""
+  rng = random.Random(day)
+  rows = []
+  for u in range(users):
+    for d in range(day):
+      for t in range(2 + u % 3):
+        item = "sku-new" if d == 1 and u % 5 == 0 and t == 0 else f"sku-{(u * 3 + d * 7 + t) % items}"
+        rows.append(f"user-{u},{item},2026-12-{1 + d:02d}T{8 + t:02d}:{u % 60:02d}:00Z")
+  rng.shuffle(rows)
+  with open(path, "w") as f:
+    f.write("user,item,ts\n" + "\n".join(rows) + "\n")
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def day1(tmp_path_factory):
+  root = tmp_path_factory.mktemp("daily")
+  data = write_day(root / "day1.csv", 1)
+  link = str(root / "current")
+  ok(*TINY, f"--data_path={data}", f"--workdir={root}/day1", "--holdout=none", f"--publish={link}")
+  return root, data, link
+
+
+def test_a_production_run_warm_starts_with_default_flags_and_an_unfinished_one_is_refused(day1, tmp_path):
+  root, _, _ = day1
+  data2 = write_day(tmp_path / "day2.csv", 2)
+  # --holdout=none leaves best/ empty: the default took it and failed ("no checkpoint in .../best").
+  ok(*TINY, f"--data_path={data2}", f"--workdir={tmp_path}/day2", f"--init_from={root}/day1", "--holdout=none")
+  os.remove(tmp_path / "day2" / "_SUCCESS")  # as if it were still running, or was killed
+  line = refused(*TINY, f"--data_path={data2}", f"--workdir={tmp_path}/day3", f"--init_from={tmp_path}/day2")
+  assert f"--init_from={tmp_path}/day2: its run has not finished (no _SUCCESS)" in line
+  assert not os.path.exists(tmp_path / "day3")
+
+
+def test_eval_of_a_model_that_trained_on_every_click_is_refused(day1):
+  root, data, _ = day1
+  # It printed a "test" HR@10 measured on clicks the model trained on, and logged it as a test row.
+  line = refused(*TINY, f"--data_path={data}", f"--workdir={root}/day1", "--mode=eval")
+  assert "trained on every click (--holdout=none)" in line
+  assert not os.path.exists(root / "day1" / "metrics.jsonl") or "test" not in open(root / "day1" / "metrics.jsonl").read()
+
+
+def test_an_export_that_reads_the_log_otherwise_than_training_is_refused(day1, tmp_path):
+  root, data, _ = day1
+  # Without --time_col the shuffled file is read in file order: other histories, other vectors, exit 0.
+  args = [a for a in TINY if a != "--time_col=ts"]
+  line = refused(*args, f"--data_path={data}", f"--workdir={root}/day1", "--mode=export",
+                 f"--output={tmp_path}/e.npz")
+  assert "--time_col ts there,  now" in line
+  assert not os.path.exists(tmp_path / "e.npz")
+
+
+def test_publishing_a_day_repoints_the_link_and_the_server_follows_it(day1, tmp_path):
+  root, _, link = day1
+  assert os.path.realpath(link) == str(root / "day1")
+  server = Served(f"--workdir={link}")
+  try:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+      before = client.post("/v1/recall", json={"clicks": ["sku-new", "sku-3"], "top_n": 5}).json()
+      assert before["run"] == str(root / "day1") and before["unknown_clicks"] == 1
+      data2 = write_day(tmp_path / "day2.csv", 2)
+      ok(*TINY, f"--data_path={data2}", f"--workdir={tmp_path}/day2", f"--init_from={root}/day1",
+         "--holdout=none", f"--publish={link}")
+      assert os.path.realpath(link) == str(tmp_path / "day2")
+      # A failed day 3 (its log is missing) leaves the link, and so the served model, as it was.
+      refused(*TINY, f"--data_path={tmp_path}/missing.csv", f"--workdir={tmp_path}/day3",
+              f"--init_from={tmp_path}/day2", "--holdout=none", f"--publish={link}")
+      assert os.path.realpath(link) == str(tmp_path / "day2") and not os.path.exists(tmp_path / "day3")
+      reload = client.post("/admin/reload")
+      assert reload.status_code == 200, reload.text
+      after = client.post("/v1/recall", json={"clicks": ["sku-new", "sku-3"], "top_n": 5}).json()
+      assert after["run"] == str(tmp_path / "day2") and after["unknown_clicks"] == 0  # day 2's item is known
+  finally:
+    assert server.stop()[0] == 0

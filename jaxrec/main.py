@@ -10,6 +10,8 @@ Config and calls the Python API (api.py). Bad flags or input exit with status 2 
 on stderr; a failed write exits 74, a preempted run 128 + the signal.
 """
 
+import json
+import os
 import sys
 
 from absl import app
@@ -19,6 +21,7 @@ import jax
 
 from jaxrec import api
 from jaxrec import config_flags
+from jaxrec import console
 from jaxrec import train
 from jaxrec import xla_options
 from jaxrec.errors import InputError, exit_on_input_error, flags_parser
@@ -43,12 +46,26 @@ def main(argv) -> None:
     except train.Preempted as e:
       print(f"{PROG}: {e}", file=sys.stderr)
       sys.exit(e.exit_code)
+    finished(cfg)
   elif mode == "eval":
     api.evaluate(cfg)
   elif mode == "export":
     api.export(cfg)
   else:
     api.export_model(cfg)
+
+
+def finished(cfg) -> None:
+  """The closing line of a training run: where its results are and what comes next."""
+  if not console.is_main_process():
+    return
+  with open(os.path.join(cfg.run.workdir, "summary.json")) as f:
+    summary = json.load(f)
+  chosen = (f"best checkpoint, step {summary['best']['step']}" if summary["best"]["step"] is not None
+            else f"latest checkpoint, step {summary['final_step']}")
+  console.info("finished: %s; export and serve take its %s (next: the same flags with --mode=export%s)",
+               os.path.join(cfg.run.workdir, "summary.json"), chosen,
+               "" if cfg.run.publish else ", or --publish=LINK to serve it")
 
 
 def run() -> None:

@@ -257,6 +257,12 @@ def _run(trainer: Trainer, log: MetricsLog):
 def _train_loop(trainer: Trainer, state, step: int, log: MetricsLog, progress, stop) -> TrainState:
   config = trainer.config
   interval_start, interval_rows, interval_steps = time.perf_counter(), 0, 0
+  # The rate and ETA shown are the mean since the first step's metrics were read (the compilation
+  # is behind then), validation time left out, so they settle instead of jumping; until then,
+  # the first interval's own.
+  since = None  # (time, step, rows) at that point
+  first_step, total_rows, paused_s = step, 0, 0.0
+  console.info("compiling the train step (the first progress line includes it)")
   epoch_loss, epoch_steps = 0.0, 0
   pending = None  # (step, metrics) not yet read: read after the next step is dispatched
 
@@ -279,14 +285,20 @@ def _train_loop(trainer: Trainer, state, step: int, log: MetricsLog, progress, s
       pending = (step, metrics)
       interval_rows += rows
       interval_steps += 1
+      total_rows += rows
+      if since is None and step > first_step + 1:  # the first step's metrics were just read by settle()
+        since = (time.perf_counter(), step - 1, total_rows - rows)
       end_of_epoch = index == trainer.steps_per_epoch - 1
       signum = stop.signum  # read once: a signal arriving after this is handled at the next step
       save = step % config.train.checkpoint_every_steps == 0 or end_of_epoch or signum
       if step % config.train.log_every_steps == 0 or save:
         host = settle()  # also guarantees that the state about to be saved is finite
-        elapsed = time.perf_counter() - interval_start
-        speed = interval_rows / max(elapsed, 1e-9)
-        eta = (trainer.total_steps - step) * elapsed / max(interval_steps, 1)
+        now = time.perf_counter()
+        elapsed, rows_done, steps_done = now - interval_start, interval_rows, interval_steps
+        if since is not None and step > since[1]:
+          elapsed, rows_done, steps_done = now - since[0] - paused_s, total_rows - since[2], step - since[1]
+        speed = rows_done / max(elapsed, 1e-9)
+        eta = (trainer.total_steps - step) * elapsed / max(steps_done, 1)
         console.info("epoch %d step %d/%d loss %.4f %.0f seq/s ETA %s", epoch + 1, step,
                      trainer.total_steps, host["loss"], speed, _hms(eta))
         log.scalars(step, {"loss": host["loss"], "learning_rate": float(trainer.lr(step - 1)),
@@ -305,8 +317,10 @@ def _train_loop(trainer: Trainer, state, step: int, log: MetricsLog, progress, s
                     "loss": epoch_loss / max(epoch_steps, 1), "steps": epoch_steps}, "train/epoch_")
         epoch_loss, epoch_steps = 0.0, 0
         if trainer.validates and (epoch + 1) % config.eval.eval_every_epochs == 0:
+          validated = time.perf_counter()
           _validate(trainer, state, epoch + 1, step, log, progress)
           interval_start = time.perf_counter()  # throughput counts training only
+          paused_s += interval_start - validated
   return state
 
 

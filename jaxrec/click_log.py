@@ -16,9 +16,9 @@ import numpy as np
 
 from jaxrec import arrow_log
 from jaxrec.clicks import ClickLog, gather_ranges, to_seconds, first_bad_time
+from jaxrec.config import DATA_FORMATS
 from jaxrec.errors import InputError
 
-FORMATS = ("auto", "note", "sequences", "pairs", "csv", "parquet", "synthetic")
 _NOTE_LINE = re.compile(rb"^\s*([^\s:\[\],]+)\s*:\s*\[([^\[\]:]*)\]\s*$")
 
 
@@ -27,7 +27,7 @@ _NOTE_LINE = re.compile(rb"^\s*([^\s:\[\],]+)\s*:\s*\[([^\[\]:]*)\]\s*$")
 
 def read_click_log(path: str, data_format: str = "auto", user_col: str = "user",
                    item_col: str = "item", time_col: str = "") -> ClickLog:
-  """Reads a click log in one of FORMATS (not synthetic) into a ClickLog."""
+  """Reads a click log in one of config.DATA_FORMATS (not synthetic) into a ClickLog."""
   if data_format == "parquet" or (data_format == "auto" and _looks_parquet(path)):
     return _group_dense(*arrow_log.read_parquet(path, user_col, item_col, time_col))
   raw = _read_bytes(path)
@@ -53,7 +53,7 @@ def read_click_log(path: str, data_format: str = "auto", user_col: str = "user",
     return _parse_sequences(path, raw)
   if data_format == "pairs":
     return _parse_pairs(path, raw)
-  raise InputError(f"--data_format: unknown format {data_format!r}; expected one of {', '.join(FORMATS)}")
+  raise InputError(f"--data_format: unknown format {data_format!r}; expected one of {', '.join(DATA_FORMATS)}")
 
 
 def _read_bytes(path: str) -> bytes:

@@ -19,8 +19,8 @@ TINY = ("--hidden_size=16 --num_hidden_layers=1 --seq_length=10 --batch_size=32 
 
 def cli(*args, module="jaxrec.main") -> subprocess.CompletedProcess:
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  return subprocess.run([sys.executable, "-m", module, *args], env=env, capture_output=True, text=True,
-                        timeout=300)
+  return subprocess.run([sys.executable, "-m", module, *args], env=env, cwd=REPO, capture_output=True,
+                        text=True, timeout=300)
 
 
 def ok(*args):
@@ -90,25 +90,56 @@ def test_an_export_that_reads_the_log_otherwise_than_training_is_refused(day1, t
   assert not os.path.exists(tmp_path / "e.npz")
 
 
-def test_publishing_a_day_repoints_the_link_and_the_server_follows_it(day1, tmp_path):
-  root, _, link = day1
-  assert os.path.realpath(link) == str(root / "day1")
-  server = Served(f"--workdir={link}")
+# production.flags shrunk to test size: the recipe's model kind (full softmax, shared table,
+# feed-forward, LayerNorm, the BSARec filter) on every click, at a tiny width and length.
+PRODUCTION = ("--flagfile=experiments/production.flags --hidden_size=16 --feed_forward_size=32 "
+              "--num_hidden_layers=1 --seq_length=10 --batch_size=32 --num_epochs=2 --time_col=ts").split()
+
+
+def histories(path) -> dict:
+  """Each user's items in time order, as the server is to be asked for them."""
+  rows = [line.split(",") for line in open(path).read().splitlines()[1:]]
+  out = {}
+  for user, item, ts in sorted(rows, key=lambda r: (r[0], r[2])):
+    out.setdefault(user, []).append(item)
+  return out
+
+
+def test_two_production_days_published_served_and_a_failed_third_leaves_the_second(tmp_path):
+  """docs/production.md as a scheduler runs it: day 1 from production.flags, published at its
+  export and served; day 2 warm-starts with default flags, is published, the server follows it
+  after a reload and answers as offline recall does; a failed day 3 leaves day 2 serving."""
+  link, days = str(tmp_path / "current"), {}
+  for day in (1, 2):
+    data = write_day(tmp_path / f"day{day}.csv", day)
+    common = [*PRODUCTION, f"--data_path={data}", f"--workdir={tmp_path}/day{day}"]
+    warm = [f"--init_from={tmp_path}/day1"] if day == 2 else []
+    ok(*common, *warm)
+    ok(*common, *warm, "--mode=export", f"--publish={link}")
+    assert os.path.realpath(link) == str(tmp_path / f"day{day}")
+    result = cli(f"--embeddings={tmp_path}/day{day}/embeddings.npz", "--top_n=5",
+                 f"--output={tmp_path}/recall{day}.tsv", module="jaxrec.recall")
+    assert result.returncode == 0, result.stderr
+    days[day] = data
+    if day == 1:
+      server = Served(f"--workdir={link}")
   try:
     with httpx.Client(base_url=server.url, timeout=30) as client:
       before = client.post("/v1/recall", json={"clicks": ["sku-new", "sku-3"], "top_n": 5}).json()
-      assert before["run"] == str(root / "day1") and before["unknown_clicks"] == 1
-      data2 = write_day(tmp_path / "day2.csv", 2)
-      ok(*TINY, f"--data_path={data2}", f"--workdir={tmp_path}/day2", f"--init_from={root}/day1",
-         "--holdout=none", f"--publish={link}")
-      assert os.path.realpath(link) == str(tmp_path / "day2")
-      # A failed day 3 (its log is missing) leaves the link, and so the served model, as it was.
-      refused(*TINY, f"--data_path={tmp_path}/missing.csv", f"--workdir={tmp_path}/day3",
-              f"--init_from={tmp_path}/day2", "--holdout=none", f"--publish={link}")
+      assert before["run"] == str(tmp_path / "day1") and before["unknown_clicks"] == 1
+      # A failed day 3 (its log is missing) stops the schedule: no workdir, the link as it was.
+      refused(*PRODUCTION, f"--data_path={tmp_path}/missing.csv", f"--workdir={tmp_path}/day3",
+              f"--init_from={tmp_path}/day2")
       assert os.path.realpath(link) == str(tmp_path / "day2") and not os.path.exists(tmp_path / "day3")
       reload = client.post("/admin/reload")
       assert reload.status_code == 200, reload.text
       after = client.post("/v1/recall", json={"clicks": ["sku-new", "sku-3"], "top_n": 5}).json()
       assert after["run"] == str(tmp_path / "day2") and after["unknown_clicks"] == 0  # day 2's item is known
+      # The served lists are day 2's offline recall lists for the same histories.
+      offline = dict(line.split("\t") for line in open(tmp_path / "recall2.tsv").read().splitlines())
+      users = sorted(histories(days[2]))[:40]
+      served = client.post("/v1/recall", json=[{"clicks": histories(days[2])[u], "top_n": 5} for u in users]).json()
+      same = sum(answer["items"] == offline[u].split(",") for u, answer in zip(users, served))
+      assert same >= len(users) - 2, same  # a near-tie within float32 rounding may swap (recall contract)
   finally:
     assert server.stop()[0] == 0

@@ -7,6 +7,7 @@ import pytest
 from absl import flags
 
 from jaxrec import config_flags
+from jaxrec.errors import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 config_flags.define_flags(config_flags.MAIN_SECTIONS)  # the flags jaxrec.main parses
@@ -18,7 +19,7 @@ FLAGFILES = sorted(glob.glob(os.path.join(REPO, "experiments", "*.flags")) +
 def test_there_are_flagfiles():
   recipes = {os.path.basename(f) for f in glob.glob(os.path.join(REPO, "experiments", "*.flags"))}
   assert recipes == {"base.flags", "beauty.flags", "beauty_spec.flags", "beauty_inbatch.flags",
-                     "beauty_bert4rec.flags", "sports.flags"}
+                     "beauty_bert4rec.flags", "sports.flags", "production.flags"}
 
 
 @pytest.mark.parametrize("path", FLAGFILES, ids=os.path.basename)
@@ -43,6 +44,25 @@ def test_flagfile_builds_a_consistent_configuration(path, monkeypatch):
   monkeypatch.chdir(REPO)
   fv = flags.FlagValues()
   config_flags.define_flags(config_flags.MAIN_SECTIONS, fv)
-  fv(["jaxrec.main", f"--flagfile={os.path.relpath(path, REPO)}"])
+  # production.flags is for the user's own log: it names no data, so a forgotten --data_path
+  # is refused rather than read from somewhere.
+  data = ["--data_path=clicks.csv"] if os.path.basename(path) == "production.flags" else []
+  fv(["jaxrec.main", f"--flagfile={os.path.relpath(path, REPO)}", *data])
   cfg = config_flags.from_flags(fv)
   cfg.check_runnable("train")
+
+
+def test_the_production_recipe_needs_the_users_log_and_is_beauty_flags_model_on_every_click(monkeypatch):
+  monkeypatch.chdir(REPO)
+  def tree(*argv):
+    fv = flags.FlagValues()
+    config_flags.define_flags(config_flags.MAIN_SECTIONS, fv)
+    fv(["jaxrec.main", *argv])
+    return config_flags.from_flags(fv)
+  production = tree("--flagfile=experiments/production.flags")
+  with pytest.raises(InputError, match="--data_path: required"):
+    production.check_runnable("train")
+  beauty = tree("--flagfile=experiments/beauty.flags")
+  assert production.model == beauty.model and production.loss == beauty.loss
+  assert production.optimizer == beauty.optimizer and production.batching == beauty.batching
+  assert production.data.holdout == "none" and production.eval.patience == 0

@@ -4,37 +4,16 @@ click, an export that forgets the time column, and publishing a day that the ser
 
 import os
 import random
-import subprocess
-import sys
 
 import httpx
 import pytest
 
+from main_test import cli, ok, refused
 from serve_test import Served
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ("--hidden_size=16 --num_hidden_layers=1 --seq_length=10 --batch_size=32 --num_epochs=2 "
         "--eval_ks=10,20 --time_col=ts").split()
-
-
-def cli(*args, module="jaxrec.main") -> subprocess.CompletedProcess:
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  return subprocess.run([sys.executable, "-m", module, *args], env=env, cwd=REPO, capture_output=True,
-                        text=True, timeout=300)
-
-
-def ok(*args):
-  result = cli(*args)
-  assert result.returncode == 0, result.stderr
-  return result
-
-
-def refused(*args) -> str:
-  result = cli(*args)
-  assert result.returncode == 2, result.stderr
-  lines = result.stderr.splitlines()
-  assert len(lines) == 1 and lines[0].startswith("jaxrec: error: "), result.stderr
-  return lines[0]
 
 
 def write_day(path, day: int, users=150, items=50) -> str:
@@ -92,7 +71,7 @@ def test_an_export_that_reads_the_log_otherwise_than_training_is_refused(day1, t
 
 # production.flags shrunk to test size: the recipe's model kind (full softmax, shared table,
 # feed-forward, LayerNorm, the BSARec filter) on every click, at a tiny width and length.
-PRODUCTION = ("--flagfile=experiments/production.flags --hidden_size=16 --feed_forward_size=32 "
+PRODUCTION = (f"--flagfile={REPO}/experiments/production.flags --hidden_size=16 --feed_forward_size=32 "
               "--num_hidden_layers=1 --seq_length=10 --batch_size=32 --num_epochs=2 --time_col=ts").split()
 
 

@@ -148,8 +148,6 @@ class CompileCounter:
 def _first_users(log, num_users: int):
   """The log restricted to its first `num_users` users (the item vocabulary is kept)."""
   from jaxrec import clicks
-  from jaxrec import holdout
-  from jaxrec import input_pipeline
   n = min(num_users, log.num_users)
   return clicks.ClickLog(log.user_ids[:n], log.item_ids, log.indptr[:n + 1], log.items[:log.indptr[n]])
 

@@ -125,14 +125,20 @@ def _flag_text(value) -> str:
   return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
+def resolve(workdir: str, which: str) -> str:
+  """`which` of best, latest, or auto: the best where validation ran, else the latest."""
+  if which == "auto":
+    return "best" if manager(workdir, BEST, writer=False).all_steps() else "latest"
+  return which
+
+
 def select(workdir: str, which: str = "auto", step: int | None = None):
   """(model config, reading manager, step) of a trained workdir's checkpoint: `which` is best,
   latest, or auto (best where validation ran, else latest); `step` defaults to the newest."""
   config = read_model_config(workdir)
   if config is None:
     raise InputError(f"--workdir={workdir}: no trained model here (no model_config.json)")
-  if which == "auto":
-    which = "best" if manager(workdir, BEST, writer=False).all_steps() else "latest"
+  which = resolve(workdir, which)
   mgr = manager(workdir, BEST if which == "best" else LATEST, writer=False)
   if not mgr.all_steps():
     raise InputError(f"--workdir={workdir}: no checkpoints in {mgr.directory} yet")

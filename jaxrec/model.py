@@ -4,7 +4,6 @@ The Flax module only composes the pure functions of `masks` and `attention`.
 Shape key: B batch, L sequence length, D hidden size, I item table rows (0 = padding).
 """
 
-import dataclasses
 
 import flax.linen as nn
 import jax

@@ -5,7 +5,6 @@ B batch rows, L padded length, S short length, D hidden size, I item table rows,
 N sampled negatives, K table rows a sparse step touches.
 """
 
-import dataclasses
 from typing import Any
 
 import flax
@@ -13,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxrec import input_pipeline
 from jaxrec import packing
 from jaxrec import masks
 from jaxrec.input_pipeline import Batch, PackedBatch, SplitBatch

@@ -8,7 +8,6 @@ math of a step from `step`.
 """
 
 import contextlib
-import dataclasses
 import functools
 import json
 import math
@@ -36,7 +35,7 @@ from jaxrec.input_pipeline import Batch
 from jaxrec.config import Config
 from jaxrec.model import Seq2Seq
 from jaxrec.run_log import EvalProgress, MetricsLog
-from jaxrec.step import LossConfig, TrainState
+from jaxrec.step import TrainState
 
 
 def data_mesh() -> Mesh:
@@ -50,9 +49,6 @@ def to_global(batch: Batch, sharding: NamedSharding) -> Batch:
     return jax.device_put(batch, sharding)  # one call for all arrays: half the time
   return jax.tree.map(lambda v: jax.make_array_from_process_local_data(
       sharding, v, (v.shape[0] * jax.process_count(),) + v.shape[1:]), batch)
-
-
-SUCCESS = checkpoints.SUCCESS
 
 
 class Trainer:
@@ -187,7 +183,7 @@ def train_and_evaluate(config: Config, split: Split, workdir: str, run_info: dic
     try:
       if jax.process_index() == 0:
         with contextlib.suppress(FileNotFoundError):
-          os.remove(os.path.join(workdir, SUCCESS))
+          os.remove(os.path.join(workdir, checkpoints.SUCCESS))
       trainer = Trainer(config, split, workdir, base_params)
       trainer.saver.faults = faults
       log = MetricsLog(workdir, enabled=jax.process_index() == 0)
@@ -204,7 +200,7 @@ def train_and_evaluate(config: Config, split: Split, workdir: str, run_info: dic
                    "test": result}
         with atomic_open(os.path.join(workdir, "summary.json")) as f:
           json.dump(summary, f, indent=1)
-        with atomic_open(os.path.join(workdir, SUCCESS)) as f:
+        with atomic_open(os.path.join(workdir, checkpoints.SUCCESS)) as f:
           f.write(log.run_id + "\n")
       return result
     except OSError as e:

@@ -50,8 +50,7 @@ def read_base(workdir: str, which: str = "auto") -> Base:
   if not os.path.exists(os.path.join(workdir, checkpoints.SUCCESS)):
     raise InputError(f"{flag}: its run has not finished (no {checkpoints.SUCCESS}): rerun its command to "
                      "finish it, or start from a finished run")
-  if which == "auto":
-    which = "best" if checkpoints.manager(workdir, checkpoints.BEST, writer=False).all_steps() else "latest"
+  which = checkpoints.resolve(workdir, which)
   mgr = checkpoints.manager(workdir, checkpoints.BEST if which == "best" else checkpoints.LATEST, writer=False)
   if not mgr.all_steps():
     raise InputError(f"{flag}: no checkpoint in {mgr.directory} (--init_checkpoints={which})")

@@ -7,7 +7,6 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxrec import input_pipeline
 from jaxrec import packing
 from jaxrec import loss
 

@@ -15,7 +15,6 @@ from jaxrec import evaluate
 from jaxrec import export
 from jaxrec import config
 from jaxrec import holdout
-from jaxrec import step as step_lib
 from jaxrec import train
 from jaxrec.model import ModelConfig
 

@@ -4,7 +4,6 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxrec import click_log
 from jaxrec.clicks import ClickLog
 from jaxrec import vocab
 

@@ -41,7 +41,8 @@ def load_clicks(cfg: Config) -> ClickLog:
   d = cfg.data
   if d.data_format == "synthetic":
     return click_log.synthetic_click_log(d.synthetic_users, d.synthetic_items, d.synthetic_seed)
-  return click_log.read_click_log(d.data_path, d.data_format, d.user_col, d.item_col, d.time_col)
+  with console.slow(f"reading {d.data_path}"):
+    return click_log.read_click_log(d.data_path, d.data_format, d.user_col, d.item_col, d.time_col)
 
 
 def make_split(cfg: Config, log: ClickLog) -> holdout.Split:
@@ -67,7 +68,9 @@ def train(cfg: Config, log: ClickLog | None = None) -> dict:
   summary that summary.json records. Raises train.Preempted after saving on SIGTERM / SIGINT."""
   cfg.check_runnable("train")
   workdir_lib.check_publishable(cfg)
+  began = time.perf_counter()
   log = load_clicks(cfg) if log is None else log
+  read_s = time.perf_counter() - began
   start = workdir_lib.start_training(cfg, log)
   split = make_split(start.config, start.log)
   if len(split.train_users) == 0:
@@ -75,6 +78,10 @@ def train(cfg: Config, log: ClickLog | None = None) -> dict:
                      "with 3 or more clicks keep their last 2 for validation and test): nothing to train on")
   with workdir_lib.removed_unless_checkpointed(cfg.run.workdir):
     run_info = workdir_lib.record(start, split.item_counts())
+    # Phase lines only now that every input check has passed: bad input stays one error line.
+    console.info("read %d clicks of %d users on %d items from %s in %.1f s", len(log.items), log.num_users,
+                 log.num_items - 1, cfg.data.source, read_s)
+    console.info("%s", split.describe())
     split = own_share(start.config, split)  # several processes: the other users' clicks are dropped here
     result = train_lib.train_and_evaluate(start.config, split, cfg.run.workdir, run_info,
                                           start.base and start.base.params)

@@ -488,3 +488,6 @@ class ServeConfig(Section):
   max_body_bytes: int = option(1 << 20, "Largest request body; larger gets 413.", lower=1)
   max_requests: int = option(1024, "Most requests in one list body.", lower=1)
   remote_admin: bool = option(False, "Accept POST /admin/reload from other hosts than loopback.")
+  watch_s: float = option(0.0, "Every this many seconds, reload if --workdir (or the run its link points "
+                          "at) has another newest checkpoint; 0: reload on SIGHUP or POST /admin/reload only.",
+                          lower=0)

@@ -104,7 +104,7 @@ def markdown_table(sections) -> str:
 
 
 def readme_tables() -> str:
-  """The README's flag tables, as `python -m jaxrec.config` prints them."""
+  """The README's flag tables, as `python -m jaxrec.config_flags` prints them."""
   return "\n\n".join([f"`python -m {program}`:\n\n" + markdown_table(sections) for program, sections in
                       (("jaxrec.main", MAIN_SECTIONS), ("jaxrec.recall", RECALL_SECTIONS),
                        ("jaxrec.serve", SERVE_SECTIONS))])

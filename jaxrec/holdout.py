@@ -37,6 +37,13 @@ class Split:
   def has_holdout(self) -> bool:
     return len(self.valid_users) > 0
 
+  def describe(self) -> str:
+    """One line for the log: what trains and what is held out."""
+    train_clicks_U = self.train_end - self.log.indptr[:-1]
+    held = (f"{len(self.valid_users)} validation and {len(self.test_users)} test targets held out"
+            if self.has_holdout else "nothing held out")
+    return f"{int(train_clicks_U.sum())} training clicks of {np.count_nonzero(train_clicks_U)} users, {held}"
+
   def item_counts(self) -> np.ndarray:
     """[I] training clicks per item (padding 0 has none), over the whole log."""
     if self.counts is not None:

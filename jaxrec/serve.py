@@ -8,8 +8,9 @@ vectors indexed (--index as in jaxrec.recall) and the user tower compiled for ev
 batch size of BATCH_SIZES and padded length, so no request waits for a compilation.
 Requests that arrive together are encoded in one call and searched in one faiss call
 (--max_wait_ms, --max_batch); the encoder runs on a worker thread, off the event loop.
-POST /admin/reload (loopback only) or SIGHUP loads the newest checkpoint beside the old
-model and swaps it in at once: a batch in flight finishes on the model it started with.
+POST /admin/reload (loopback only), SIGHUP, or with --watch_s a poll that sees another newest
+checkpoint loads it beside the old model and swaps it in at once: a batch in flight finishes
+on the model it started with. A --workdir that is a published link is resolved at each load.
 SIGTERM stops accepting, answers what is in flight and exits 0.
 
 A served list is what export + jaxrec.recall give for a user with that history (the
@@ -72,14 +73,19 @@ class Query:
   unknown_clicks: int
 
 
+def newest_checkpoint(workdir: str, which: str):
+  """(run, checkpoint directory, checkpoints.select's triple) that a load of `workdir` takes now.
+  A published link (--publish) is resolved at every load, so a reload follows it to the new run."""
+  run = os.path.realpath(workdir)
+  selected = checkpoints.select(run, which)
+  return run, os.path.join(selected[1].directory, str(selected[2])), selected
+
+
 class ServedModel:
   """One loaded model: parameters, compiled user tower, item index, vocabulary."""
 
   def __init__(self, workdir: str, which: str, index_config: config_lib.IndexConfig):
-    # A published link (--publish) is resolved at every load, so a reload follows it to the new run.
-    self.run = os.path.realpath(workdir)
-    self.config, mgr, self.step = checkpoints.select(self.run, which)
-    self.checkpoint = os.path.join(mgr.directory, str(self.step))
+    self.run, self.checkpoint, (self.config, mgr, self.step) = newest_checkpoint(workdir, which)
     item_ids = workdir_lib.item_ids(self.run, self.config)  # checked against the model
     self.item_ids = item_ids[1:]  # row r of the index is item r + 1 of the tables
     self.row_of = {item: row for row, item in enumerate(self.item_ids.tolist())}
@@ -216,6 +222,27 @@ class Server:
       return {"model_step": self.model.step, "previous_step": previous.step}
 
 
+async def watch(server: Server, workdir: str, which: str, every_s: float) -> None:
+  """--watch_s: reloads when the checkpoint a load would take is not the one serving. A failure
+  is reported once; a target that failed to load is retried only once the target changes."""
+  failed, reported = None, None
+  while True:
+    await asyncio.sleep(every_s)
+    try:
+      target = (await asyncio.to_thread(newest_checkpoint, workdir, which))[1]
+      if target in (server.model.checkpoint, failed):
+        continue
+      failed = target
+      await server.reload()
+      failed = reported = None
+    except Exception as e:  # noqa: BLE001 (the old model keeps serving)
+      message = " ".join(str(e).split())
+      if message != reported:
+        console.info("%s: reload failed, still serving step %d of %s: %s", PROG, server.model.step,
+                     server.model.run, message)
+        reported = message
+
+
 def request_schema():
   from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -344,11 +371,16 @@ def main(argv) -> None:
                      " ".join(str(e).split()))
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload_on_signal()))
     worker = loop.create_task(holder["batcher"].run())
+    watcher = None
+    if cfg.watch_s:
+      watcher = loop.create_task(watch(holder["server"], cfg.workdir, cfg.checkpoints, cfg.watch_s))
     model = holder["server"].model
     print(f"{PROG}: ready on http://{host}:{port} (model step {model.step}, {len(model.item_ids)} items)",
           file=sys.stderr, flush=True)
     yield
     worker.cancel()
+    if watcher:
+      watcher.cancel()
 
   async def serve():
     holder["batcher"] = Batcher(holder["server"], cfg.max_batch, cfg.max_wait_ms / 1000, cfg.batching)

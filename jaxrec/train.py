@@ -37,6 +37,8 @@ from jaxrec.model import Seq2Seq
 from jaxrec.run_log import EvalProgress, MetricsLog
 from jaxrec.step import TrainState
 
+PROGRESS_EVERY_S = 60  # a progress line at least this often, whatever --log_every_steps says
+
 
 def data_mesh() -> Mesh:
   return Mesh(np.array(jax.devices()), ("data",))
@@ -64,14 +66,15 @@ class Trainer:
     self.batch_sharding = NamedSharding(self.mesh, P("data"))
     layout = dict(real_slots=config.loss.kind == "full", layout=config.batching.layout,
                   packable=config.model.encoder == "spec")
-    if config.data_shards > 1 or jax.process_count() > 1:
-      self.plan = hosts.ShardedPlan(split, config.batching.batch_size, config.model.seq_length, config.train.seed,
-                                    config.data_shards, jax.local_device_count(), split.item_counts(),
-                                    **layout)
-    else:
-      self.plan = input_pipeline.BatchPlan(
-          split, config.batching.batch_size, config.model.seq_length, config.train.seed, jax.device_count(),
-          config.batching.bucket_lengths, config.batching.short_length, **layout)
+    with console.slow(f"planning the batches of {len(split.train_users)} training sequences"):
+      if config.data_shards > 1 or jax.process_count() > 1:
+        self.plan = hosts.ShardedPlan(split, config.batching.batch_size, config.model.seq_length,
+                                      config.train.seed, config.data_shards, jax.local_device_count(),
+                                      split.item_counts(), **layout)
+      else:
+        self.plan = input_pipeline.BatchPlan(
+            split, config.batching.batch_size, config.model.seq_length, config.train.seed, jax.device_count(),
+            config.batching.bucket_lengths, config.batching.short_length, **layout)
     self.train_users, self.rows = self.plan.train_users, self.plan.rows
     self.steps_per_epoch = self.plan.steps_per_epoch
     self.total_steps = self.steps_per_epoch * config.train.num_epochs
@@ -258,7 +261,8 @@ def _train_loop(trainer: Trainer, state, step: int, log: MetricsLog, progress, s
   # the first interval's own.
   since = None  # (time, step, rows) at that point
   first_step, total_rows, paused_s = step, 0, 0.0
-  console.info("compiling the train step (the first progress line includes it)")
+  console.info("compiling the train step")
+  last_line = None
   epoch_loss, epoch_steps = 0.0, 0
   pending = None  # (step, metrics) not yet read: read after the next step is dispatched
 
@@ -284,12 +288,16 @@ def _train_loop(trainer: Trainer, state, step: int, log: MetricsLog, progress, s
       total_rows += rows
       if since is None and step > first_step + 1:  # the first step's metrics were just read by settle()
         since = (time.perf_counter(), step - 1, total_rows - rows)
+        console.info("first step done %.1f s after compiling began; progress every %d steps or %d s",
+                     since[0] - interval_start, config.train.log_every_steps, PROGRESS_EVERY_S)
+        last_line = since[0]
       end_of_epoch = index == trainer.steps_per_epoch - 1
       signum = stop.signum  # read once: a signal arriving after this is handled at the next step
       save = step % config.train.checkpoint_every_steps == 0 or end_of_epoch or signum
-      if step % config.train.log_every_steps == 0 or save:
+      logged = step % config.train.log_every_steps == 0 or save
+      if logged or (since is not None and time.perf_counter() - last_line >= PROGRESS_EVERY_S):
         host = settle()  # also guarantees that the state about to be saved is finite
-        now = time.perf_counter()
+        now = last_line = time.perf_counter()
         elapsed, rows_done, steps_done = now - interval_start, interval_rows, interval_steps
         if since is not None and step > since[1]:
           elapsed, rows_done, steps_done = now - since[0] - paused_s, total_rows - since[2], step - since[1]
@@ -297,8 +305,9 @@ def _train_loop(trainer: Trainer, state, step: int, log: MetricsLog, progress, s
         eta = (trainer.total_steps - step) * elapsed / max(steps_done, 1)
         console.info("epoch %d step %d/%d loss %.4f %.0f seq/s ETA %s", epoch + 1, step,
                      trainer.total_steps, host["loss"], speed, _hms(eta))
-        log.scalars(step, {"loss": host["loss"], "learning_rate": float(trainer.lr(step - 1)),
-                           "sequences_per_s": speed, "grad_norm": host["grad_norm"]}, "train/")
+        if logged:  # the recorded scalars keep a fixed step cadence; the time-based lines only print
+          log.scalars(step, {"loss": host["loss"], "learning_rate": float(trainer.lr(step - 1)),
+                             "sequences_per_s": speed, "grad_norm": host["grad_norm"]}, "train/")
         interval_start, interval_rows, interval_steps = time.perf_counter(), 0, 0
       if save:
         _check_finite(host, step, state.params)

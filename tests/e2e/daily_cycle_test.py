@@ -4,6 +4,8 @@ click, an export that forgets the time column, and publishing a day that the ser
 
 import os
 import random
+import shutil
+import time
 
 import httpx
 import pytest
@@ -122,3 +124,39 @@ def test_two_production_days_published_served_and_a_failed_third_leaves_the_seco
       assert same >= len(users) - 2, same  # a near-tie within float32 rounding may swap (recall contract)
   finally:
     assert server.stop()[0] == 0
+
+
+def test_a_watching_server_follows_the_link_and_keeps_serving_past_a_broken_target(day1, tmp_path):
+  """--watch_s: a repointed link is served without a SIGHUP; a target that cannot load is
+  reported once and the last good model goes on answering."""
+  root, _, _ = day1
+  link = str(tmp_path / "current")
+  os.symlink(f"{root}/day1", link)
+  server = Served(f"--workdir={link}", "--watch_s=0.2")
+  try:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+      def served_run():
+        return client.post("/v1/recall", json={"clicks": ["sku-3"], "top_n": 5}).json()["run"]
+      assert served_run() == f"{root}/day1"
+      shutil.copytree(f"{root}/day1", tmp_path / "copy")  # the same model under another run
+      os.symlink(tmp_path / "copy", link + ".tmp")
+      os.replace(link + ".tmp", link)
+      assert wait_for(lambda: served_run() == str(tmp_path / "copy")), "the server did not follow the link"
+      os.makedirs(tmp_path / "broken/checkpoints/7")  # a checkpoint without a model_config.json
+      os.symlink(tmp_path / "broken", link + ".tmp")
+      os.replace(link + ".tmp", link)
+      time.sleep(1.0)  # five polls
+      assert served_run() == str(tmp_path / "copy")
+  finally:
+    code, err = server.stop()
+  assert code == 0
+  assert err.count("reload failed") == 1 and "no trained model here" in err, err  # said once, not per poll
+
+
+def wait_for(predicate, deadline_s=60.0) -> bool:
+  end = time.monotonic() + deadline_s
+  while not predicate():
+    if time.monotonic() > end:
+      return False
+    time.sleep(0.05)
+  return True

@@ -42,7 +42,8 @@ def load_clicks(cfg: Config) -> ClickLog:
   if d.data_format == "synthetic":
     return click_log.synthetic_click_log(d.synthetic_users, d.synthetic_items, d.synthetic_seed)
   with console.slow(f"reading {d.data_path}"):
-    return click_log.read_click_log(d.data_path, d.data_format, d.user_col, d.item_col, d.time_col)
+    return click_log.read_click_log(d.data_path, d.data_format, d.user_col, d.item_col, d.time_col,
+                                    d.separator, d.nulls)
 
 
 def make_split(cfg: Config, log: ClickLog) -> holdout.Split:

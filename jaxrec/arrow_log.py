@@ -8,10 +8,11 @@ so a log reads into the same vocabulary whatever its format.
 """
 
 import os
+from typing import Callable, NamedTuple
 
 import numpy as np
 
-from jaxrec.clicks import first_bad_time, to_seconds
+from jaxrec.clicks import NULL_TOKENS, first_bad_time, to_seconds
 from jaxrec.errors import InputError
 
 _PLAIN_INTEGER = r"^(0|[1-9][0-9]{0,17})$"  # fits int64, no leading zeros
@@ -25,15 +26,28 @@ def _id_type():
   return pa.dictionary(pa.int32(), pa.string())
 
 
+class Columns(NamedTuple):
+  """A tabular log read: raw ids [K] and dense 0-based ids [N] of users and items, float64
+  seconds [N] (NaN: a null time) or None; `where(row)` names a row's file and line or row.
+  An id may be a null token: click_log._handle_nulls applies --nulls."""
+  user_ids: np.ndarray
+  users: np.ndarray
+  item_ids: np.ndarray
+  items: np.ndarray
+  times: np.ndarray | None
+  where: Callable[[int], str]
+
+
 class Unreadable(Exception):
   """Arrow would not read the CSV as it stands; the line-by-line reader will (or names the line)."""
 
 
-def read_csv(path: str, raw: bytes, user_col: str, item_col: str, time_col: str):
-  """(user ids [U], dense users [N], item ids [I-1], dense items [N], times [N] or None).
+def read_csv(path: str, raw: bytes, user_col: str, item_col: str, time_col: str, delimiter: str = ","):
+  """The Columns of a CSV with a header line, fields separated by `delimiter`.
 
   Raises Unreadable where Arrow refuses the file or a row is malformed (whitespace-only
-  lines, ragged rows, empty ids): the line-by-line reader then reads it or names the line.
+  lines, ragged rows, a time that is not one): the line-by-line reader then reads it or
+  names the line.
   """
   import pyarrow as pa
   from pyarrow import csv as pa_csv
@@ -41,16 +55,28 @@ def read_csv(path: str, raw: bytes, user_col: str, item_col: str, time_col: str)
   try:
     table = pa_csv.read_csv(
         pa.BufferReader(raw), read_options=pa_csv.ReadOptions(block_size=_BLOCK),
-        parse_options=pa_csv.ParseOptions(newlines_in_values=False),
+        parse_options=pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=False),
         convert_options=pa_csv.ConvertOptions(include_columns=columns, strings_can_be_null=False,
                                               column_types={user_col: _id_type(), item_col: _id_type()}))
     if table.num_rows == 0:
       raise Unreadable()
     columns = {name: table.column(name) for name in columns}
     del table  # _columns frees each column as it converts it
-    return _columns(path, columns, user_col, item_col, time_col)
+    return _columns(path, columns, user_col, item_col, time_col, lambda row: f"{path}:{_line_of_row(raw, row)}")
   except (pa.ArrowException, KeyError, InputError):
     raise Unreadable() from None
+
+
+def _line_of_row(raw: bytes, row: int, header: bool = True) -> int:
+  """The 1-based line of data row `row` (0-based) of an Arrow read: after the header, empty
+  lines skipped as Arrow skips them (no field holds a newline: newlines_in_values is off)."""
+  seen = -1
+  for number, line in enumerate(raw.split(b"\n")[int(header):], 1 + int(header)):
+    if line.rstrip(b"\r"):
+      seen += 1
+      if seen == row:
+        return number
+  raise ValueError(f"no data row {row}")
 
 
 def read_pairs(path: str, raw: bytes):
@@ -86,7 +112,12 @@ def read_pairs(path: str, raw: bytes):
       raise Unreadable()
     columns = {name: table.column(name) for name in names}
     del table
-    return _columns(path, columns, "user", "item", "time" if width == 3 else "")
+    out = _columns(path, columns, "user", "item", "time" if width == 3 else "",
+                   lambda row: f"{path}:{_line_of_row(raw, row, header=False)}")
+    # An empty field is a doubled or trailing separator, not a null: the line reader splits it away.
+    if "" in out.user_ids or "" in out.item_ids or (out.times is not None and np.isnan(out.times).any()):
+      raise Unreadable()
+    return out
   except (pa.ArrowException, KeyError, InputError):
     raise Unreadable() from None
 
@@ -100,24 +131,45 @@ def _may_hide_fields(raw: bytes, delimiter: bytes) -> bool:
   return any(c in raw for c in (b" ", b"\t", b",", b"\r") if c != delimiter)
 
 
+def parquet_files(path: str) -> list:
+  """The *.parquet files under directory `path`, in path order, as Spark and Hive write them:
+  partition subdirectories (date=2026-12-01/) included; names starting with _ or . (_SUCCESS,
+  _temporary/, .part-0.parquet.crc) left out."""
+  files = []
+  for root, dirs, names in os.walk(path):
+    dirs[:] = [d for d in dirs if not d.startswith(("_", "."))]
+    files += [os.path.join(root, n) for n in names if n.endswith(".parquet") and not n.startswith(("_", "."))]
+  return sorted(files)
+
+
+def _partition_values(path: str, file: str) -> dict:
+  """The key=value directories between `path` and `file` (a Hive-partitioned table's columns)."""
+  parts = os.path.relpath(os.path.dirname(file), path).split(os.sep) if file != path else []
+  return dict(part.split("=", 1) for part in parts if "=" in part)
+
+
 def read_parquet(path: str, user_col: str, item_col: str, time_col: str):
-  """As read_csv, from one Parquet file or every *.parquet file of a directory (name order)."""
+  """As read_csv, from one Parquet file or every Parquet file under a directory
+  (parquet_files); a column may be a partition key of the directory names (date=...)."""
   import pyarrow as pa
   import pyarrow.parquet as pq
   files = [path]
   if os.path.isdir(path):
-    files = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".parquet"))
+    files = parquet_files(path)
     if not files:
       raise InputError(f"{path}: a directory without .parquet files")
   columns = [user_col, item_col] + ([time_col] if time_col else [])
-  schemas, offsets = [], [0]
+  schemas, offsets, partitions = [], [0], []
   for file in files:
     try:
       schema = pq.read_schema(file)
+      partition = _partition_values(path, file)
       for flag, name in zip(("--user_col", "--item_col", "--time_col"), columns):
-        if name not in schema.names:
+        if name not in schema.names and name not in partition:
           raise InputError(f"{file}: no column {name!r} ({flag}) among {', '.join(schema.names)}")
-      schemas.append(pa.schema([schema.field(name) for name in columns]))
+      schemas.append(pa.schema([schema.field(name) if name in schema.names else pa.field(name, pa.string())
+                                for name in columns]))
+      partitions.append({k: v for k, v in partition.items() if k not in schema.names})
       offsets.append(offsets[-1] + pq.ParquetFile(file).metadata.num_rows)
     except (pa.ArrowException, OSError) as e:
       raise InputError(f"{file}: not a readable Parquet file ({' '.join(str(e).split())[:200]})") from None
@@ -132,22 +184,26 @@ def read_parquet(path: str, user_col: str, item_col: str, time_col: str):
   def where(row: int) -> str:  # the file and its row, 1-based
     f = int(np.searchsorted(offsets, row, side="right")) - 1
     return f"{files[f]}: row {row - offsets[f] + 1}"
-  return _columns(path, _ParquetColumns(files, schema), user_col, item_col, time_col, where)
+  return _columns(path, _ParquetColumns(files, schema, partitions, np.diff(offsets)), user_col, item_col,
+                  time_col, where)
 
 
 class _ParquetColumns:
   """The log's columns, each read from every file only when _columns pops it: one column of
   the log is in Arrow's memory at a time."""
 
-  def __init__(self, files, schema):
-    self.files, self.schema = files, schema
+  def __init__(self, files, schema, partitions, rows):
+    self.files, self.schema, self.partitions, self.rows = files, schema, partitions, rows
 
   def pop(self, name: str):
     import pyarrow as pa
     import pyarrow.parquet as pq
     kind = self.schema.field(name).type
     chunks = []
-    for file in self.files:
+    for file, partition, rows in zip(self.files, self.partitions, self.rows):
+      if name in partition:
+        chunks.append(pa.array([partition[name]], kind).take(np.zeros(rows, np.int64)))
+        continue
       try:
         chunks += pq.read_table(file, columns=[name]).column(0).cast(kind).chunks
       except (pa.ArrowException, OSError) as e:
@@ -166,11 +222,12 @@ def _columns(path, columns, user_col, item_col, time_col, where=None):
   ids = []
   for name in (user_col, item_col):
     column = columns.pop(name)
-    if column.null_count:
-      raise InputError(f"{where(_first(column.is_null()))}: empty user or item id")
-    if not (_is_integer(column) or pa.types.is_string(column.type) or pa.types.is_dictionary(column.type)):
+    if column.null_count or not (pa.types.is_string(column.type) or pa.types.is_dictionary(column.type)
+                                 or _is_integer(column)):
       column = column.cast("string")
-    ids.append(dense_ids(column, where))
+    if column.null_count:  # a missing id: "" is a null token (--nulls)
+      column = pc.fill_null(column, "")
+    ids.append(dense_ids(column))
     del column
     pa.default_memory_pool().release_unused()  # the allocator keeps freed pages otherwise
   times = None
@@ -178,16 +235,16 @@ def _columns(path, columns, user_col, item_col, time_col, where=None):
     times = _seconds(columns.pop(time_col), where)
     pa.default_memory_pool().release_unused()
   (user_ids, users), (item_ids, items) = ids
-  return user_ids, users, item_ids, items, times
+  return Columns(user_ids, users, item_ids, items, times, where)
 
 
-def dense_ids(column, where=None):
+def dense_ids(column):
   """An Arrow column of ids -> (sorted unique raw ids as unicode [K], dense int32 ids in 0..K-1 [N]).
 
   Hashing (dictionary encoding) then sorting the K distinct ids, not the N clicks; chunk by
   chunk, so only the int32 result is as long as the log. String ids lose surrounding
-  whitespace, trimmed in the dictionary (K values, not N); an id left empty is an InputError
-  at its first row, by `where(row)`.
+  whitespace, trimmed in the dictionary (K values, not N); an id left empty is the id ""
+  (a null: click_log applies --nulls).
   """
   import pyarrow as pa
   import pyarrow.compute as pc
@@ -206,9 +263,6 @@ def dense_ids(column, where=None):
   dictionary, merged = encoded.chunks[-1].dictionary, None
   if not _is_integer(column):
     trimmed = pc.utf8_trim_whitespace(dictionary)
-    empty = np.flatnonzero(pc.equal(pc.utf8_length(trimmed), 0).to_numpy(zero_copy_only=False))
-    if len(empty):
-      raise InputError(f"{(where or _data_row)(_first_of(encoded, empty))}: empty user or item id")
     if not pc.equal(trimmed, dictionary).to_numpy(zero_copy_only=False).all():
       merged = pc.dictionary_encode(trimmed)  # " a" and "a" are one id
       dictionary, merged = merged.dictionary, merged.indices.to_numpy()
@@ -230,31 +284,9 @@ def dense_ids(column, where=None):
   return np.asarray(dictionary.take(order).to_pylist(), dtype=str), dense
 
 
-def _data_row(row: int) -> str:
-  return f"data row {row + 1}"
-
-
-def _first_of(encoded, codes: np.ndarray) -> int:
-  """The first row of a dictionary-encoded column whose code is one of `codes`."""
-  start = 0
-  for chunk in encoded.chunks:
-    hit = np.flatnonzero(np.isin(chunk.indices.to_numpy(), codes))
-    if len(hit):
-      return start + int(hit[0])
-    start += len(chunk)
-  raise AssertionError("no row holds the codes")
-
-
 def _is_integer(column) -> bool:
   import pyarrow as pa
   return pa.types.is_integer(column.type)
-
-
-def _first(mask) -> int:
-  import pyarrow as pa
-  if isinstance(mask, pa.ChunkedArray):
-    mask = mask.combine_chunks()
-  return int(np.flatnonzero(mask.to_numpy(zero_copy_only=False))[0])
 
 
 def _seconds(column, where) -> np.ndarray:
@@ -262,26 +294,26 @@ def _seconds(column, where) -> np.ndarray:
   since 1970 (UTC)."""
   import pyarrow as pa
   import pyarrow.compute as pc
-  if column.null_count:
-    raise InputError(f"{where(_first(column.is_null()))}: no timestamp")
   if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
     seconds, start = np.empty(len(column), np.float64), 0
     for chunk in column.chunks:  # no int64 copy of the whole column beside the float64 one
-      seconds[start:start + len(chunk)] = chunk.to_numpy()
+      seconds[start:start + len(chunk)] = chunk.to_numpy(zero_copy_only=False)  # a null: NaN
       start += len(chunk)
     return seconds
   if pa.types.is_timestamp(column.type) or pa.types.is_date(column.type):
-    micros = pc.cast(pc.cast(column, pa.timestamp("us"), safe=False), pa.int64()).to_numpy()
-    return micros / 1e6
+    micros = pc.cast(pc.cast(pc.cast(column, pa.timestamp("us"), safe=False), pa.int64()), pa.float64())
+    return micros.to_numpy(zero_copy_only=False) / 1e6  # a null: NaN
   text = pc.utf8_trim_whitespace(column.cast("string"))
+  null = pc.or_(pc.is_null(text), pc.is_in(pc.utf8_lower(text), pa.array(NULL_TOKENS)))
+  text = pc.if_else(null, pa.scalar(None, pa.string()), text)  # a null token: NaN below
   numbers = pc.match_substring_regex(text, r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$")
-  if pc.all(numbers).as_py():
-    return pc.cast(text, pa.float64()).to_numpy()
+  if pc.all(numbers).as_py() is not False:
+    return pc.cast(text, pa.float64()).to_numpy(zero_copy_only=False)
   try:
     stamps = pc.cast(pc.utf8_rtrim(text, characters="Z"), pa.timestamp("us"), safe=False)
-    return pc.cast(stamps, pa.int64()).to_numpy() / 1e6
+    return pc.cast(pc.cast(stamps, pa.int64()), pa.float64()).to_numpy(zero_copy_only=False) / 1e6
   except pa.ArrowInvalid:  # forms Arrow does not parse (offsets, say): numpy's, or the row that fails
-    values = np.asarray(text.to_pylist())
+    values = np.asarray(pc.fill_null(text, "").to_pylist())  # "": NaN again in to_seconds
     try:
       return to_seconds(values)
     except ValueError:

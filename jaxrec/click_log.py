@@ -15,7 +15,8 @@ import re
 import numpy as np
 
 from jaxrec import arrow_log
-from jaxrec.clicks import ClickLog, gather_ranges, to_seconds, first_bad_time
+from jaxrec import console
+from jaxrec.clicks import ClickLog, gather_ranges, to_seconds, first_bad_time, null_mask
 from jaxrec.config import DATA_FORMATS
 from jaxrec.errors import InputError
 
@@ -25,25 +26,33 @@ _NOTE_LINE = re.compile(rb"^\s*([^\s:\[\],]+)\s*:\s*\[([^\[\]:]*)\]\s*$")
 # ----------------------------------------------------------------------------- reading
 
 
-def read_click_log(path: str, data_format: str = "auto", user_col: str = "user",
-                   item_col: str = "item", time_col: str = "") -> ClickLog:
-  """Reads a click log in one of config.DATA_FORMATS (not synthetic) into a ClickLog."""
+def read_click_log(path: str, data_format: str = "auto", user_col: str = "user", item_col: str = "item",
+                   time_col: str = "", separator: str = "auto", nulls: str = "refuse") -> ClickLog:
+  """Reads a click log in one of config.DATA_FORMATS (not synthetic) into a ClickLog.
+
+  Text may be gzip, bz2 or zstd compressed (told by its first bytes). `separator` (CSV):
+  a name of config.SEPARATORS. `nulls` (CSV, pairs, Parquet): refuse or drop a click with
+  a null user, item or time (clicks.NULL_TOKENS).
+  """
   if data_format == "parquet" or (data_format == "auto" and _looks_parquet(path)):
-    return _group_dense(*arrow_log.read_parquet(path, user_col, item_col, time_col))
+    return _group_dense(*_handle_nulls(path, arrow_log.read_parquet(path, user_col, item_col, time_col), nulls))
   raw = _read_bytes(path)
+  name = _without_compression_suffix(path)
   if data_format == "auto":
-    data_format = detect_format(path, raw)
+    data_format = detect_format(name, raw, user_col, item_col)
   if data_format == "csv":
     _check_text(path, raw)
+    delimiter = _csv_separator(path, raw, separator, user_col, item_col)
     try:
-      return _group_dense(*arrow_log.read_csv(path, raw, user_col, item_col, time_col))
+      columns = arrow_log.read_csv(path, raw, user_col, item_col, time_col, delimiter)
     except arrow_log.Unreadable:  # the line reader skips what Arrow will not, or names the line
-      return _group_pairs(*_parse_csv(path, raw, user_col, item_col, time_col))
+      columns = _parse_csv(path, raw, user_col, item_col, time_col, delimiter)
+    return _group_dense(*_handle_nulls(path, columns, nulls))
   if data_format == "pairs" and b"\x00" not in raw:
     # Arrow checks that every field is UTF-8 (ids as strings, a time as a number), so the
     # whole-file decode of _check_text is left to the line reader's files.
     try:
-      return _group_dense(*arrow_log.read_pairs(path, raw))
+      return _group_dense(*_handle_nulls(path, arrow_log.read_pairs(path, raw), nulls))
     except arrow_log.Unreadable:
       pass
   _check_text(path, raw)
@@ -52,8 +61,20 @@ def read_click_log(path: str, data_format: str = "auto", user_col: str = "user",
   if data_format == "sequences":
     return _parse_sequences(path, raw)
   if data_format == "pairs":
-    return _parse_pairs(path, raw)
+    return _group_dense(*_handle_nulls(path, _parse_pairs(path, raw), nulls))
   raise InputError(f"--data_format: unknown format {data_format!r}; expected one of {', '.join(DATA_FORMATS)}")
+
+
+_COMPRESSION = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\x28\xb5\x2f\xfd": "zstd"}  # leading magic bytes
+_COMPRESSION_SUFFIXES = (".gz", ".gzip", ".bz2", ".zst", ".zstd")
+
+
+def _without_compression_suffix(path: str) -> str:
+  """The name a compressed file's contents go by (clicks.csv.gz -> clicks.csv), for detection."""
+  for suffix in _COMPRESSION_SUFFIXES:
+    if path.lower().endswith(suffix):
+      return path[:-len(suffix)]
+  return path
 
 
 def _read_bytes(path: str) -> bytes:
@@ -66,6 +87,9 @@ def _read_bytes(path: str) -> bytes:
       raw = f.read()
   except OSError as e:
     raise InputError(f"{path}: cannot read: {e.strerror}") from None
+  codec = next((c for magic, c in _COMPRESSION.items() if raw.startswith(magic)), None)
+  if codec:
+    raw = _decompress(path, codec)
   if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (Excel's "CSV UTF-8") is no id
     raw = raw[3:]
   if not raw or raw.isspace():  # isspace stops at the first other byte; strip would copy the file
@@ -73,9 +97,18 @@ def _read_bytes(path: str) -> bytes:
   return raw
 
 
+def _decompress(path: str, codec: str) -> bytes:
+  import pyarrow as pa
+  try:
+    with pa.input_stream(path, compression=codec) as stream:
+      return stream.read()
+  except (pa.ArrowException, OSError) as e:
+    raise InputError(f"{path}: not a readable {codec} file ({' '.join(str(e).split())[:200]})") from None
+
+
 def _looks_parquet(path: str) -> bool:
   if os.path.isdir(path):
-    return any(name.endswith(".parquet") for name in os.listdir(path))
+    return bool(arrow_log.parquet_files(path))
   try:
     with open(path, "rb") as f:
       return f.read(4) == b"PAR1"
@@ -97,9 +130,9 @@ def _check_text(path: str, raw: bytes) -> None:
     raise InputError(f"{path}:{_line_of(raw, e.start)}: not valid UTF-8 text") from None
 
 
-def detect_format(path: str, raw: bytes) -> str:
+def detect_format(path: str, raw: bytes, user_col: str = "user", item_col: str = "item") -> str:
   """Guesses the format from the file name and its first lines; errors when ambiguous."""
-  if path.lower().endswith(".csv"):
+  if path.lower().endswith((".csv", ".tsv")) or _header_separator(raw, user_col, item_col):
     return "csv"
   lines = [l for l in raw[:1 << 20].split(b"\n")[:2000] if l.strip()]
   if lines and b":" in lines[0] and b"[" in lines[0]:
@@ -112,6 +145,31 @@ def detect_format(path: str, raw: bytes) -> str:
     return "pairs"
   raise InputError(f"{path}: cannot tell the format from the first lines; pass --data_format="
                    "note|sequences|pairs|csv")
+
+
+SEPARATORS = {"comma": ",", "tab": "\t", "semicolon": ";", "pipe": "|"}
+
+
+def _header_separator(raw: bytes, user_col: str, item_col: str) -> str | None:
+  """The separator that splits the first line into fields naming both id columns, if one does."""
+  first = raw[:raw.find(b"\n")] if b"\n" in raw[:1 << 16] else raw[:1 << 16]
+  try:
+    header = first.decode("utf-8").strip()
+  except UnicodeDecodeError:
+    return None
+  for sep in SEPARATORS.values():
+    fields = [f.strip().strip('"') for f in header.split(sep)]
+    if user_col in fields and item_col in fields:
+      return sep
+  return None
+
+
+def _csv_separator(path: str, raw: bytes, separator: str, user_col: str, item_col: str) -> str:
+  """--separator's character; auto: the header's (_header_separator), else a comma, whose
+  missing-column error then names the header as read."""
+  if separator != "auto":
+    return SEPARATORS[separator]
+  return _header_separator(raw, user_col, item_col) or ","
 
 
 def _tokenize(raw: bytes, separators: bytes):
@@ -215,7 +273,7 @@ def _parse_pairs(path: str, raw: bytes) -> ClickLog:
   times = None
   if width == 3:
     times = _to_times(path, fields[:, 2], lines)
-  return _group_pairs(fields[:, 0], fields[:, 1], times)
+  return _dense_columns(path, fields[:, 0], fields[:, 1], times, lines)
 
 
 def _to_times(path, values, lines) -> np.ndarray:
@@ -227,16 +285,16 @@ def _to_times(path, values, lines) -> np.ndarray:
                      "is not a number or an ISO-8601 date/time") from None
 
 
-def _parse_csv(path: str, raw: bytes, user_col: str, item_col: str, time_col: str):
+def _parse_csv(path: str, raw: bytes, user_col: str, item_col: str, time_col: str, delimiter: str = ","):
   _check_text(path, raw)
-  reader = csv.reader(io.StringIO(raw.decode("utf-8"), newline=""))
+  reader = csv.reader(io.StringIO(raw.decode("utf-8"), newline=""), delimiter=delimiter)
   header = next(reader, None)
   wanted = {"--user_col": user_col, "--item_col": item_col}
   if time_col:
     wanted["--time_col"] = time_col
   for flag, name in wanted.items():
     if name not in header:
-      raise InputError(f"{path}:1: no column {name!r} ({flag}) in the header {','.join(header)}")
+      raise InputError(f"{path}:1: no column {name!r} ({flag}) in the header {delimiter.join(header)!r}")
   columns = [header.index(name) for name in wanted.values()]
   rows, lines = [], []
   for row in reader:
@@ -244,28 +302,61 @@ def _parse_csv(path: str, raw: bytes, user_col: str, item_col: str, time_col: st
       continue
     if len(row) != len(header):
       raise InputError(f"{path}:{reader.line_num}: {len(row)} fields, the header has {len(header)}")
-    cells = [row[c].strip() for c in columns]
-    if not cells[0] or not cells[1]:
-      raise InputError(f"{path}:{reader.line_num}: empty user or item id")
-    rows.append(cells)
+    rows.append([row[c].strip() for c in columns])
     lines.append(reader.line_num - 1)
   if not rows:
     raise InputError(f"{path}: no data rows under the header")
   table = np.array(rows, dtype=str)
   encode = lambda a: np.char.encode(a, "utf-8")
-  times = _to_times(path, encode(table[:, 2]), np.array(lines)) if time_col else None
-  return encode(table[:, 0]), encode(table[:, 1]), times
+  lines = np.array(lines)
+  times = _to_times(path, encode(table[:, 2]), lines) if time_col else None
+  return _dense_columns(path, encode(table[:, 0]), encode(table[:, 1]), times, lines)
 
 
-def _group_pairs(user_tokens, item_tokens, times) -> ClickLog:
-  """One click per row -> users' sequences, sorted by time (stable: file order on ties)."""
+def _dense_columns(path, user_tokens, item_tokens, times, lines):
+  """The line readers' clicks as the Arrow readers give theirs (arrow_log.Columns), each row
+  named by its line (0-based `lines`) for _handle_nulls."""
   user_ids, users = _dense_ids(user_tokens, first=0)
   item_ids, items = _dense_ids(item_tokens, first=0)
-  return _group_dense(user_ids, users, item_ids, items, times)
+  return arrow_log.Columns(user_ids, users, item_ids, items, times, lambda row: f"{path}:{lines[row] + 1}")
+
+
+def _handle_nulls(path: str, columns, nulls: str):
+  """--nulls on a tabular log's columns: a click with a null user, item or time is refused at
+  its file and line, or (drop) left out and counted. Returns _group_dense's arguments."""
+  user_ids, users, item_ids, items, times, where = columns
+  null_users, null_items = null_mask(user_ids), null_mask(item_ids)
+  bad = null_users[users] | null_items[items]
+  if times is not None:
+    bad |= np.isnan(times)
+  if not bad.any():
+    return user_ids, users, item_ids, items, times
+  if nulls == "refuse":
+    row = int(np.argmax(bad))
+    what, value = (("user id", user_ids[users[row]]) if null_users[users[row]] else
+                   ("item id", item_ids[items[row]]) if null_items[items[row]] else ("time", None))
+    shown = "no time" if value is None else (f"empty {what}" if not value.strip() else f"{what} {str(value)!r}")
+    raise InputError(f"{where(row)}: {shown}, a null; --nulls=drop leaves such clicks out")
+  keep = ~bad
+  console.info("%s: left out %d of %d clicks with a null user, item or time (--nulls=drop)", path,
+               int(bad.sum()), len(bad))
+  if not keep.any():
+    raise InputError(f"{path}: every click has a null user, item or time")
+  (user_ids, users), (item_ids, items) = (_renumbered(user_ids, users[keep]), _renumbered(item_ids, items[keep]))
+  return user_ids, users, item_ids, items, None if times is None else times[keep]
+
+
+def _renumbered(ids: np.ndarray, dense: np.ndarray):
+  """(ids still used, dense ids into them): the order of ids is kept."""
+  used = np.flatnonzero(np.bincount(dense, minlength=len(ids)))
+  new = np.zeros(len(ids), dense.dtype)
+  new[used] = np.arange(len(used), dtype=dense.dtype)
+  return ids[used], new[dense]
 
 
 def _group_dense(user_ids, users, item_ids, items, times) -> ClickLog:
-  """_group_pairs of clicks already as dense ids (0-based; items get padding row 0 here)."""
+  """One click per row (dense 0-based ids; items get padding row 0 here) -> users' sequences,
+  sorted by time (stable: file order on ties)."""
   item_ids = np.concatenate([np.array([""], dtype=item_ids.dtype), item_ids])
   items = items.astype(np.int32, copy=False)  # the readers' own array: shifted in place
   items += 1

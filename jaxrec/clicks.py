@@ -39,21 +39,52 @@ def gather_ranges(starts: np.ndarray, lengths: np.ndarray):
   return indptr, np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])
 
 
+# What pipelines write for a missing value (pandas, Spark, SQL exports), compared stripped and
+# case-folded: a click holding one has no user, item or time (--nulls).
+NULL_TOKENS = ("", "null", "na", "n/a", "nan", "nat", "none")
+
+
+def null_mask(values: np.ndarray) -> np.ndarray:
+  """[N] bool: which of `values` (str or bytes) are null tokens."""
+  folded = np.char.lower(np.char.strip(values))
+  tokens = [t.encode() for t in NULL_TOKENS] if folded.dtype.kind == "S" else list(NULL_TOKENS)
+  return np.isin(folded, tokens)
+
+
 def to_seconds(values: np.ndarray) -> np.ndarray:
   """Timestamps as float64 seconds: numbers as they are, ISO-8601 dates or times (UTC, an
-  optional trailing Z) since 1970. Raises ValueError if any value is neither."""
+  optional trailing Z) since 1970; NaN for a null token. Raises ValueError if any other value
+  is neither."""
+  nulls = null_mask(values)
+  out = np.full(len(values), np.nan)
+  out[~nulls] = _seconds_of(values[~nulls])
+  return out
+
+
+def _seconds_of(values: np.ndarray) -> np.ndarray:
   try:
     return values.astype(np.float64)
   except ValueError:
+    if _numbers(values).any():  # numbers among dates: numpy would read "17" as the year 17
+      raise
     text = np.char.rstrip(np.char.strip(values.astype(str)), "Z")
     return text.astype("datetime64[ms]").astype(np.int64) / 1000.0
 
 
+def _numbers(values: np.ndarray) -> np.ndarray:
+  """Which values are plain decimals (an optional sign and point), vectorised."""
+  text = np.char.strip(values.astype(str))
+  text = np.char.lstrip(text, "+-")
+  return np.char.isdigit(np.char.replace(text, ".", "", count=1))
+
+
 def first_bad_time(values: np.ndarray) -> int:
-  """The index of the first of `values` that to_seconds refuses (after it refused them all)."""
+  """The index of the first of `values` that to_seconds refuses (after it refused them all):
+  one that reads as neither, or the first number among dates or date among numbers."""
   for i, value in enumerate(values):
     try:
       to_seconds(np.array([value]))
     except ValueError:
       return i
-  raise ValueError("every timestamp reads alone but not together")
+  kinds = _numbers(values)[~null_mask(values)]
+  return int(np.flatnonzero(~null_mask(values))[np.argmax(kinds != kinds[0])])

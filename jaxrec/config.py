@@ -23,6 +23,7 @@ from jaxrec.errors import InputError
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)  # the step casts the learning rate to float32
 DATA_FORMATS = ("auto", "note", "sequences", "pairs", "csv", "parquet", "synthetic")
+SEPARATORS = ("auto", "comma", "tab", "semicolon", "pipe")  # --separator: a CSV's field separator
 SERVE_BATCH_SIZES = (1, 8, 64)  # batch sizes serve compiles its encoder for; a batch runs at the smallest
 
 
@@ -122,6 +123,14 @@ class DataConfig(Section):
   time_col: str = option("", "CSV / Parquet column of timestamps (optional; sorts each user's clicks).",
                          kept=True, only=(lambda c: c.data.data_format in ("auto", "csv", "parquet"),
                                "--data_format=csv or parquet"))
+  separator: str = option("auto", "CSV field separator; auto: the one of comma, tab, semicolon or pipe "
+                          "that splits the header line into --user_col and --item_col.",
+                          choices=SEPARATORS, only=(lambda c: c.data.data_format in ("auto", "csv"),
+                                                    "--data_format=csv"))
+  nulls: str = option("refuse", "A click whose user, item or time is empty, NULL, null, NA, NaN, None or "
+                      "N/A (CSV, pairs, Parquet): refuse names its file and line; drop leaves it out and "
+                      "counts it.", choices=("refuse", "drop"), kept=True,
+                      only=(lambda c: c.data.data_format != "synthetic", "a file's --data_format"))
   holdout: str = option("last", "last: hold out validation and test clicks as --split says; none: train on "
                         "every click (the model to ship: no validation or test, all --num_epochs).",
                         choices=("last", "none"), kept=True)
@@ -454,8 +463,10 @@ class IndexConfig(Section):
 class RecallConfig(Section):
   """jaxrec.recall: top-N unvisited items per user from an exported .npz."""
   embeddings: str = option("", "Exported .npz with user/item vectors and visits.")
-  output: str = option("", "TSV to write: user<TAB>item1,item2,...; a .parquet path writes columns user, "
-                       "items (and scores with --with_scores).")
+  output: str = option("", "Where to write the lists, in the format its suffix names: .tsv or .txt "
+                       "(user<TAB>item1,item2,...), .csv (columns user, items: one comma-joined field), .jsonl "
+                       "(one {\"user\", \"items\"} object a line) or .parquet (columns user, items); scores "
+                       "too with --with_scores. Any other suffix is refused.")
   top_n: int = option(50, "Items per user.", lower=1)
   with_scores: bool = option(False, "Write item:score instead of item.")
   batch_size: int = option(4096, "Users per faiss search.", lower=1)

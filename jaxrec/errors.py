@@ -78,32 +78,35 @@ def writing(what: str, intact: str = ""):
 @contextlib.contextmanager
 def exit_on_input_error(prog: str):
   """Turns InputError into `prog: error: ...` and exit 2, TrainingError into exit 1, a failed
-  write into exit 74, Ctrl-C into 130."""
+  write into exit 74, Ctrl-C into 130: each one line, then exit_now."""
   try:
     yield
   except InputError as e:
-    print(f"{prog}: error: {e}", file=sys.stderr)
-    _exit_now(EXIT_USAGE)
+    fail(f"{prog}: error: {e}", EXIT_USAGE)
   except TrainingError as e:
-    print(f"{prog}: error: {e}", file=sys.stderr)
-    sys.exit(1)
+    fail(f"{prog}: error: {e}", 1)
   except WriteError as e:
-    print(f"{prog}: error: {e}", file=sys.stderr)
-    sys.exit(EXIT_WRITE)
+    fail(f"{prog}: error: {e}", EXIT_WRITE)
   except OSError as e:  # a file operation no module named: still one line, the path and the cause
     where = f": {e.filename}" if e.filename else ""
-    print(f"{prog}: error: {e.strerror or cause(e)}{where}", file=sys.stderr)
-    sys.exit(EXIT_WRITE)
+    fail(f"{prog}: error: {e.strerror or cause(e)}{where}", EXIT_WRITE)
   except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves first, see train.py)
-    print(f"{prog}: interrupted", file=sys.stderr)
-    sys.exit(128 + signal.SIGINT)
+    fail(f"{prog}: interrupted", 128 + signal.SIGINT)
 
 
-def _exit_now(status: int) -> None:
-  """Exits without the interpreter's teardown: bad input wrote nothing to clean up, and
-  with JAX, faiss and Arrow loaded, a C++ thread pool torn down at exit aborted the
-  process (SIGABRT, "terminate called without an active exception") after the error line,
-  about one exit in twelve under load, which made exit status 2 a lie."""
+def fail(line: str, status: int) -> None:
+  print(line, file=sys.stderr)
+  exit_now(status)
+
+
+def exit_now(status: int) -> None:
+  """Exits without the interpreter's teardown, once the run has closed what it wrote (the
+  trainer closes its checkpoint managers and logs on the way out; outputs are written to a
+  temporary file and renamed). With JAX, faiss, Arrow and Orbax's background threads alive,
+  the teardown aborted the process after the error line (SIGABRT, "terminate called without
+  an active exception") about one exit in twelve under load, or printed dozens of asyncio
+  tracebacks ("Event loop is closed") from Orbax's threads: the one-line report and its exit
+  status must be the last thing the process says."""
   sys.stdout.flush()
   sys.stderr.flush()
   os._exit(status)

@@ -12,7 +12,6 @@ on stderr; a failed write exits 74, a preempted run 128 + the signal.
 
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -22,6 +21,7 @@ import jax
 from jaxrec import api
 from jaxrec import config_flags
 from jaxrec import console
+from jaxrec import errors
 from jaxrec import train
 from jaxrec import xla_options
 from jaxrec.errors import InputError, exit_on_input_error, flags_parser
@@ -43,9 +43,8 @@ def main(argv) -> None:
   elif mode == "train":
     try:
       api.train(cfg)
-    except train.Preempted as e:
-      print(f"{PROG}: {e}", file=sys.stderr)
-      sys.exit(e.exit_code)
+    except train.Preempted as e:  # the checkpoint is saved and the managers closed
+      errors.fail(f"{PROG}: {e}", e.exit_code)
     finished(cfg)
   elif mode == "eval":
     api.evaluate(cfg)

@@ -315,6 +315,8 @@ def check_paths(cfg: RecallConfig) -> None:
     raise InputError(f"--output={cfg.output}: is a directory")
   if os.path.exists(cfg.output) and os.path.samefile(cfg.output, cfg.embeddings):
     raise InputError(f"--output={cfg.output}: is the --embeddings file; refusing to overwrite it")
+  if recall_lists.output_format(cfg.output) is None:  # refused before the embeddings are read
+    raise InputError(f"--output={cfg.output}: no output format has this suffix; use {recall_lists.SUFFIXES}")
 
 
 def recall_to_file(cfg: RecallConfig, index_config: IndexConfig) -> None:

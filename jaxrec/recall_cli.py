@@ -2,9 +2,12 @@ r"""jaxrec.recall's command line: every user's top-N unvisited items from an exp
 
   python -m jaxrec.recall --embeddings=emb.npz --top_n=50 --output=recall.tsv
 
-Output: one line per user, `user<TAB>item1,item2,...` (raw ids, best first), or `item:score`
-pairs with --with_scores; a `.parquet` output writes columns user, items (and scores). With
---num_shards=n --shard_index=s a run handles the contiguous users [s*U//n, (s+1)*U//n). No JAX.
+Output, in the format --output's suffix names (recall_lists.ListWriter), a row per user, raw
+ids best first: `.tsv`/`.txt` lines `user<TAB>item1,item2,...` (`item:score` pairs with
+--with_scores); `.csv` (RFC 4180) columns user, items (and scores), each list one comma-joined
+field; `.jsonl` objects {"user", "items"(, "scores")}; `.parquet` columns user, items (and
+scores). Any other suffix: exit 2 before anything is read. With --num_shards=n
+--shard_index=s a run handles the contiguous users [s*U//n, (s+1)*U//n). No JAX.
 """
 
 from absl import app

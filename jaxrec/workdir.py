@@ -32,7 +32,7 @@ from jaxrec.errors import InputError
 
 # Settings the user vectors depend on besides the model: a later eval or export of the same
 # workdir must read the log the same way (config.DataConfig; kept in train_config.json).
-READ_SETTINGS = ("user_col", "item_col", "time_col")
+READ_SETTINGS = ("user_col", "item_col", "time_col", "nulls")
 SPLIT_SETTINGS = ("holdout", "split", "valid_from", "test_from")  # which clicks eval measures
 
 

@@ -133,7 +133,17 @@ CASES = {
                            {"c.csv": b"user,item\nu1,a\nu1,b,c\n"}),
     "csv_bad_timestamp": Case(CSV + " --time_col=ts", ("{tmp}/c.csv:3: timestamp 'noon' is not a number",),
                               {"c.csv": b"user,item,ts\nu1,a,1\nu1,b,noon\n"}),
-    "csv_empty_id": Case(CSV, ("{tmp}/c.csv:3: empty user or item id",), {"c.csv": b"user,item\nu1,a\n,b\n"}),
+    "csv_empty_id": Case(CSV, ("{tmp}/c.csv:3: empty user id, a null; --nulls=drop leaves such clicks out",),
+                         {"c.csv": b"user,item\nu1,a\n,b\n"}),
+    # An empty epoch time was read as a year of about -1.15e15 and sorted first, exit 0.
+    "csv_time_hole": Case(CSV + " --time_col=ts", ("{tmp}/c.csv:4: no time, a null",),
+                          {"c.csv": b"user,item,ts\nu1,a,1717207808\nu1,b,1717207809\nu1,c,\nu1,d,1717207810\n"}),
+    "csv_float_time_hole": Case(CSV + " --time_col=ts", ("{tmp}/c.csv:3: no time, a null",),
+                                {"c.csv": b"user,item,ts\nu1,a,1717207808.0\nu1,b,\nu1,c,1717207809.0\n"}),
+    "csv_null_item": Case(CSV, ("{tmp}/c.csv:3: item id 'NULL', a null",), {"c.csv": b"user,item\nu1,a\nu1,NULL\n"}),
+    "bad_separator": Case(CSV + " --separator=colon", ("--separator",), {"c.csv": b"user,item\nu1,a\n"}),
+    "separator_on_parquet": Case("--data_format=parquet --data_path={tmp}/c.parquet --separator=tab",
+                                 ("--separator=tab: only for --data_format=csv",), {}),
     "csv_header_only": Case(CSV, ("{tmp}/c.csv: no data rows",), {"c.csv": b"user,item\n\n"}),
     "no_user_with_3_clicks": Case(SEQ, ("{tmp}/s.txt: no user has 3 or more clicks",),
                                   {"s.txt": b"u1 a b\nu2 c d\n"}),
@@ -258,6 +268,15 @@ CASES = {
                                        ("--output={tmp}: is a directory",), {"e.npz": emb()}, "jaxrec.recall"),
     "recall_output_is_the_embeddings": Case("--embeddings={tmp}/e.npz --output={tmp}/e.npz --top_n=2",
                                             ("--output={tmp}/e.npz",), {"e.npz": emb()}, "jaxrec.recall"),
+    # Any other suffix used to get TSV silently (an r.csv no CSV reader could read). Refused before the
+    # embeddings are read: there are none here, yet the line is about --output.
+    "recall_output_unknown_suffix": Case(
+        "--embeddings={tmp}/e.npz --output={tmp}/out.xml --top_n=2",
+        ("--output={tmp}/out.xml: no output format has this suffix; use .tsv or .txt (TSV), .csv, .jsonl or "
+         ".parquet",), {}, "jaxrec.recall"),
+    "recall_output_without_suffix": Case("--embeddings={tmp}/e.npz --output={tmp}/recall --top_n=2",
+                                         ("--output={tmp}/recall: no output format has this suffix",),
+                                         {"e.npz": emb()}, "jaxrec.recall"),
     "recall_unknown_flag": Case(RECALL + " --topn=3", ("Unknown command line flag 'topn'",), {"e.npz": emb()},
                                 "jaxrec.recall"),
     "recall_positional_argument": Case(RECALL + " extra", ("unexpected arguments", "extra"), {"e.npz": emb()},

@@ -84,8 +84,22 @@ def reference(tmp_path_factory):
   return params(workdir)
 
 
-def test_full_disk_during_training_reports_once_and_the_rerun_resumes(reference, tmp_path):
-  with mounted(tmp_path / "disk", "-t", "tmpfs", "-o", "size=4m", "tmpfs") as disk:
+@contextlib.contextmanager
+def busy_cpu(loaded: bool):
+  """A CPU-bound process beside the test, or nothing: under load, Orbax's background threads
+  outlived the error line and the interpreter's teardown printed 28 asyncio tracebacks."""
+  burner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if loaded else None
+  try:
+    yield
+  finally:
+    if burner:
+      burner.kill()
+      burner.wait()
+
+
+@pytest.mark.parametrize("loaded", [False, True], ids=["quiet", "beside_a_busy_process"])
+def test_full_disk_during_training_reports_once_and_the_rerun_resumes(reference, tmp_path, loaded):
+  with mounted(tmp_path / "disk", "-t", "tmpfs", "-o", "size=4m", "tmpfs") as disk, busy_cpu(loaded):
     workdir = os.path.join(disk, "wd")
     assert run(*FLAGS, "--num_epochs=2", f"--workdir={workdir}").returncode == 0
     steps = sorted(checkpoints.manager(workdir, writer=False).all_steps())

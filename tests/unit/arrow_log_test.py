@@ -69,9 +69,9 @@ def test_parquet_directory_with_integer_ids_and_timestamps(tmp_path):
     (lambda d: pq.write_table(pa.table({"user": ["u"], "product": ["a"]}), d / "x.parquet"),
      "x.parquet: no column 'item' (--item_col) among user, product"),
     (lambda d: pq.write_table(pa.table({"user": ["u", None, "v"], "item": ["a", "b", "c"]}), d / "x.parquet"),
-     "x.parquet: row 2: empty user or item id"),
+     "x.parquet: row 2: empty user id, a null"),
     (lambda d: pq.write_table(pa.table({"user": ["u", " "], "item": ["a", "b"]}), d / "x.parquet"),
-     "x.parquet: row 2: empty user or item id"),
+     "x.parquet: row 2: empty user id, a null"),
     (lambda d: (d / "x.parquet").write_bytes(b"PAR1 not really"), "x.parquet: not a readable Parquet file"),
 ])
 def test_parquet_errors_name_the_file_and_row(tmp_path, make, message):

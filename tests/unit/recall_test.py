@@ -1,17 +1,21 @@
-"""Tests for jaxrec.recall: the exactness contract against float64; CLI; errors."""
+"""Tests for jaxrec.recall: the exactness contract against float64; CLI; output formats; errors."""
 
+import csv
+import json
 import os
 import subprocess
 import sys
 
 import faiss
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jaxrec import errors
 from jaxrec import recall
+from jaxrec import recall_lists
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -400,6 +404,126 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, npz_file, change, flag, m
   assert "Traceback" not in result.stderr
   assert sorted(os.listdir(tmp_path)) == sorted(
       [os.path.basename(path)] if change else [])
+
+
+def _odd_id_arrays():
+  """Ids a CSV or JSON writer must quote or escape: commas and double quotes in user ids, double
+  quotes in item ids, non-ASCII in both (load_embeddings refuses tabs, line breaks, and commas in
+  item ids). User 1 has 3 unvisited items left (a short list), user 2 none (an empty one)."""
+  arrays = make_arrays(4, 12, 40, 8, 5)
+  arrays["user_ids"] = np.array([f'user {u}, "ü{u}" 用户' for u in range(12)])
+  arrays["item_ids"] = np.array([f'item "{j}" é→{j}' for j in range(40)])
+  indptr, indices = arrays["visited_indptr"], arrays["visited_indices"]
+  visits = [indices[lo:hi] for lo, hi in zip(indptr[:-1], indptr[1:])]
+  visits[1], visits[2] = np.arange(3, 40), np.arange(40)
+  arrays["visited_indptr"] = np.cumsum([0] + [len(v) for v in visits])
+  arrays["visited_indices"] = np.concatenate(visits)
+  return arrays
+
+
+def _read_lists(path, with_scores):
+  """[(user, [item, ...], [float32 score as float, ...])] read back from a recall output with
+  csv, json or pyarrow, or split from TSV lines; [] for the scores without with_scores."""
+  path = str(path)
+  split = lambda text: text.split(",") if text else []
+  if path.endswith(".parquet"):
+    rows = [(r["user"], r["items"], r.get("scores", [])) for r in pq.read_table(path).to_pylist()]
+  elif path.endswith(".jsonl"):
+    with open(path, encoding="utf-8") as f:
+      records = [json.loads(line) for line in f]
+    assert all(set(r) == {"user", "items"} | ({"scores"} if with_scores else set()) for r in records)
+    assert all(isinstance(s, float) for r in records for s in r.get("scores", []))
+    rows = [(r["user"], r["items"], r.get("scores", [])) for r in records]
+  elif path.endswith(".csv"):
+    with open(path, encoding="utf-8", newline="") as f:
+      header, *records = csv.reader(f)
+    assert header == ["user", "items"] + (["scores"] if with_scores else [])
+    assert all(len(r) == len(header) for r in records)
+    rows = [(r[0], split(r[1]), [float(s) for s in split(r[2])] if with_scores else []) for r in records]
+  else:
+    rows = []
+    for user, line in _read_tsv(path):
+      cells = [cell.rsplit(":", 1) if with_scores else (cell, None) for cell in split(line)]
+      rows.append((user, [name for name, _ in cells], [float(s) for _, s in cells] if with_scores else []))
+  return [(user, items, np.float32(scores).tolist()) for user, items, scores in rows]
+
+
+def _in_memory_lists(user_ids, item_ids, items_UxN, scores_UxN=None):
+  """_read_lists's rows for lists held in arrays: index -1 left out."""
+  keep_UxN = items_UxN >= 0
+  return [(user, np.asarray(item_ids)[row[keep]].tolist(),
+           scores_UxN[u][keep].astype(np.float32).tolist() if scores_UxN is not None else [])
+          for u, (user, row, keep) in enumerate(zip(user_ids.tolist(), items_UxN, keep_UxN))]
+
+
+@pytest.mark.parametrize("with_scores", [False, True])
+def test_output_formats_hold_the_same_lists(tmp_path, npz_file, with_scores):
+  """Each suffix's format, read back with csv, json or pyarrow, holds exactly the in-memory lists
+  and float32 scores, ids with commas, quotes and non-ASCII included; .txt is the .tsv's bytes."""
+  arrays = _odd_id_arrays()
+  path = npz_file(arrays)
+  items, scores = _recall(arrays, 5)
+  expected = _in_memory_lists(arrays["user_ids"], arrays["item_ids"], items, scores if with_scores else None)
+  assert [len(row_items) for _, row_items, _ in expected[1:3]] == [3, 0]
+  suffixes = (".tsv", ".txt", ".csv", ".jsonl", ".parquet", ".CSV")
+  for suffix in suffixes:
+    out = str(tmp_path / f"recall{suffix}")
+    recall.recall_to_file(recall.RecallConfig(embeddings=path, output=out, top_n=5, with_scores=with_scores),
+                          recall.IndexConfig())
+    assert _read_lists(out.replace(".CSV", ".csv") if suffix == ".CSV" else out, with_scores) == expected, suffix
+  assert (tmp_path / "recall.txt").read_bytes() == (tmp_path / "recall.tsv").read_bytes()
+  assert (tmp_path / "recall.CSV").read_bytes() == (tmp_path / "recall.csv").read_bytes()
+  assert (tmp_path / "recall.csv").read_bytes().startswith(b"user,items" + b",scores" * with_scores + b"\r\n")
+  assert sorted(os.listdir(tmp_path)) == sorted(["emb.npz"] + [f"recall{s}" for s in suffixes])  # no temporaries
+
+
+def test_list_writer_round_trips_ids_load_embeddings_refuses(tmp_path):
+  """Written chunk by chunk, ids with line breaks, tabs, quotes and commas come back from CSV,
+  JSONL and Parquet; CSV refuses item ids with commas (a comma-joined list could not be split
+  back) before it creates a file."""
+  users = np.array(["a,b", 'say "hi"', "line\nbreak\r\n", "tab\there", "ü→用户", ""])
+  items_UxN = np.array([[0, 1, 2], [3, 4, -1], [2, -1, -1], [-1, -1, -1], [4, 3, 2], [1, 0, 4]])
+  scores_UxN = np.where(items_UxN >= 0, np.float32([[3, 2.5, 1e-7], [-0.0, -1.25, 0], [7e10, 0, 0],
+                                                     [0, 0, 0], [1 / 3, -2, -1e9], [5, 4, 3]]), -np.inf)
+  scores_UxN = scores_UxN.astype(np.float32)
+  for fmt, item_ids in [("csv", ['x;y', 'q"uote', "nl\nid", "é", "plain"]),
+                        ("jsonl", ["x,y", 'q"uote', "nl\nid", "é", "plain"]),
+                        ("parquet", ["x,y", 'q"uote', "nl\nid", "é", "plain"])]:
+    for with_scores in (False, True):
+      out = str(tmp_path / f"r{with_scores:d}.{fmt}")
+      with recall_lists.ListWriter(out, np.array(item_ids), with_scores) as writer:
+        for lo, hi in ((0, 4), (4, 6)):
+          writer.write(users[lo:hi], items_UxN[lo:hi], scores_UxN[lo:hi] if with_scores else None)
+      assert _read_lists(out, with_scores) == _in_memory_lists(
+          users, item_ids, items_UxN, scores_UxN if with_scores else None), out
+  with pytest.raises(errors.InputError, match="an item id holds a comma"):
+    recall_lists.ListWriter(str(tmp_path / "comma.csv"), np.array(["x,y", "z"]), False)
+  assert not (tmp_path / "comma.csv").exists()
+
+
+@pytest.mark.parametrize("output", ["recall.xml", "recall", "recall.tsv.gz", "recall.json"])
+def test_unknown_output_suffix_is_refused_before_reading(tmp_path, output):
+  """Any other suffix used to get TSV silently; now refused before the embeddings are read (there
+  are none here) and before anything is written."""
+  out = str(tmp_path / output)
+  cfg = recall.RecallConfig(embeddings=str(tmp_path / "missing.npz"), output=out, top_n=5)
+  with pytest.raises(errors.InputError) as refused:
+    recall.recall_to_file(cfg, recall.IndexConfig())
+  assert str(refused.value) == (f"--output={out}: no output format has this suffix; use .tsv or .txt (TSV), "
+                                ".csv, .jsonl or .parquet")
+  assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.e2e  # starts jaxrec processes
+def test_cli_writes_csv_for_a_csv_output(tmp_path, npz_file):
+  """`--output=r.csv` (which used to get TSV) is a CSV that Python's csv module reads back."""
+  arrays = _odd_id_arrays()
+  path = npz_file(arrays)
+  result = _run_cli(tmp_path, f"--embeddings={path}", "--top_n=5", "--output=r.csv", "--with_scores")
+  assert result.returncode == 0, result.stderr
+  items, scores = _recall(arrays, 5)
+  assert _read_lists(tmp_path / "r.csv", True) == _in_memory_lists(arrays["user_ids"], arrays["item_ids"],
+                                                                   items, scores)
 
 
 def test_import_does_not_pull_in_jax(assert_imports_without):

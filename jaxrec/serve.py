@@ -8,6 +8,8 @@ vectors indexed (--index as in jaxrec.recall) and the user tower compiled for ev
 batch size of BATCH_SIZES and padded length, so no request waits for a compilation.
 Requests that arrive together are encoded in one call and searched in one faiss call
 (--max_wait_ms, --max_batch); the encoder runs on a worker thread, off the event loop.
+A client's mistake, on any route, gets a 4xx whose body is one line of JSON, {"error": ...};
+while --max_queue queries wait for answers, a request gets 503 with Retry-After at once.
 POST /admin/reload (loopback only), SIGHUP, or with --watch_s a poll that sees another newest
 checkpoint loads it beside the old model and swaps it in at once: a batch in flight finishes
 on the model it started with. A --workdir that is a published link is resolved at each load.
@@ -39,10 +41,13 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pydantic  # noqa: E402
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
+from starlette.requests import ClientDisconnect  # noqa: E402
 import uvicorn  # noqa: E402
 
 from jaxrec import checkpoints  # noqa: E402
@@ -60,8 +65,15 @@ from jaxrec.model import Seq2Seq  # noqa: E402
 
 PROG = "jaxrec.serve"
 BATCH_SIZES = config_lib.SERVE_BATCH_SIZES
+MAX_DEPTH = 32  # most nested lists and objects in a body; a list of requests needs 3
+MAX_ERROR_CHARS = 300  # an error message may quote the client's keys and values: cut to this
+RETRY_AFTER_S = 1  # a 503's Retry-After: a full queue drains in a few encoder calls, milliseconds
 
 FLAGS = flags.FLAGS
+
+
+class Overloaded(Exception):
+  """--max_queue queries wait already: the request is answered 503 instead of waiting behind them."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,16 +177,27 @@ class ServedModel:
 class Batcher:
   """Collects the queries that arrive together into one model call on a worker thread."""
 
-  def __init__(self, server: "Server", max_batch: int, max_wait_s: float, enabled: bool):
+  def __init__(self, server: "Server", max_batch: int, max_wait_s: float, enabled: bool, max_queue: int):
     self.server, self.max_batch, self.max_wait_s, self.enabled = server, max_batch, max_wait_s, enabled
+    self.max_queue = max_queue
+    self.waiting = 0  # queries submitted and not yet answered: queued, in a forming batch or encoding
     self.queue = asyncio.Queue()
     self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxrec-encoder")
 
   async def submit(self, model: "ServedModel", queries: list) -> list:
-    """The answers of `queries`, parsed against `model`, which also answers them."""
-    future = asyncio.get_running_loop().create_future()
-    await self.queue.put((model, queries, future))
-    return await future
+    """The answers of `queries`, parsed against `model`, which also answers them. Overloaded
+    while max_queue queries wait: the wait of an admitted request stays bounded."""
+    # The check and the count are one step of the event loop: no other submit runs between them.
+    if self.waiting >= self.max_queue:
+      raise Overloaded(f"overloaded: {self.waiting} queries wait for answers (--max_queue={self.max_queue}); "
+                       f"retry after {RETRY_AFTER_S} s")
+    self.waiting += len(queries)
+    try:
+      future = asyncio.get_running_loop().create_future()
+      self.queue.put_nowait((model, queries, future))
+      return await future
+    finally:
+      self.waiting -= len(queries)
 
   async def run(self) -> None:
     loop = asyncio.get_running_loop()
@@ -255,18 +278,89 @@ def request_schema():
   return TypeAdapter(RecallRequest), TypeAdapter(RecallRequest | list[RecallRequest])
 
 
+def json_content_type(header: str) -> bool:
+  """Whether a request body with this Content-Type is read as JSON in UTF-8. None at all, and
+  the form type that `curl -d` and Python's urllib send by default, are taken as JSON too."""
+  media, *params = [part.strip().lower() for part in header.split(";")]
+  charsets = [p.partition("=")[2].strip('"') for p in params if p.partition("=")[0].strip() == "charset"]
+  return (media in ("", "application/json", "application/x-www-form-urlencoded")
+          and all(c == "utf-8" for c in charsets))
+
+
+def _unique_keys(pairs: list) -> dict:
+  value = dict(pairs)
+  if len(value) != len(pairs):  # the last would win silently: the client meant one of them
+    seen = set()
+    raise InputError(f"duplicate key {next(k for k, _ in pairs if k in seen or seen.add(k))!r}")
+  return value
+
+
+def _no_constant(name: str):
+  raise InputError(f"{name} is not JSON")
+
+
+def parse_json(body: bytes):
+  """The JSON value of a request body (RFC 8259: UTF-8 without a byte order mark, no NaN or
+  Infinity), with no duplicate keys, no unpaired surrogate and at most MAX_DEPTH levels, or
+  InputError saying which rule it breaks."""
+  try:
+    text = body.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise InputError(f"body is not UTF-8: {e}") from None
+  if text.startswith("\ufeff"):
+    raise InputError("body starts with a byte order mark: send UTF-8 without one")
+  too_deep = InputError(f"JSON nested deeper than {MAX_DEPTH} levels")
+  try:
+    value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+  except RecursionError:  # the parser's own guard, near the interpreter's recursion limit
+    raise too_deep from None
+  except ValueError as e:
+    raise InputError(f"malformed JSON: {e}") from None
+  # Opening brackets bound the depth; most bodies have fewer than MAX_DEPTH and skip the walk.
+  if text.count("[") + text.count("{") > MAX_DEPTH:
+    level = [value] if isinstance(value, (list, dict)) else []  # the lists and objects at depth 1
+    for _ in range(MAX_DEPTH):
+      level = [v for c in level for v in (c.values() if isinstance(c, dict) else c) if isinstance(v, (list, dict))]
+    if level:
+      raise too_deep
+  if "\\u" in text:  # only a \u escape puts a surrogate into a string decoded from UTF-8
+    try:
+      json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+      raise InputError("a string holds an unpaired surrogate (\\ud800-\\udfff): not Unicode text") from None
+  return value
+
+
 def build_app(server: Server, batcher: Batcher, limits: dict):
 
   one, schema = request_schema()
   app_ = FastAPI(title="jaxrec", description="Recall for fresh click sequences.")
 
-  def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)
+  def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    """Every error of every route: one line of JSON, {"error": message}."""
+    message = " ".join(str(message).split())
+    if len(message) > MAX_ERROR_CHARS:  # cut in the middle: the head says where, the tail what
+      half = (MAX_ERROR_CHARS - 3) // 2
+      message = message[:half] + "..." + message[-half:]
+    # An unpaired surrogate would fail the response's UTF-8 encoding: written as its escape.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
   @app_.exception_handler(Exception)
   async def internal(request, exc):
     console.info("%s: error answering %s: %s", PROG, request.url.path, " ".join(str(exc).split()))
     return error(500, "internal error")
+
+  # The router's own answers (404 unknown route, 405 wrong method with its Allow header) and
+  # FastAPI's parameter validation, in the same shape instead of FastAPI's {"detail": ...}.
+  @app_.exception_handler(StarletteHTTPException)
+  async def http_error(request, exc):
+    return error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", exc.headers)
+
+  @app_.exception_handler(RequestValidationError)
+  async def invalid(request, exc):
+    first = (exc.errors() or [{"loc": (), "msg": "invalid request"}])[0]
+    return error(422, f"{'.'.join(map(str, first['loc'])) or 'request'}: {first['msg']}")
 
   @app_.get("/healthz")
   async def healthz():
@@ -279,19 +373,25 @@ def build_app(server: Server, batcher: Batcher, limits: dict):
   @app_.post("/v1/recall", openapi_extra={"requestBody": {"required": True, "content": {
       "application/json": {"schema": schema.json_schema()}}}})
   async def recall_endpoint(request: Request):
+    content_type = request.headers.get("content-type", "")
+    if not json_content_type(content_type):
+      return error(415, f"Content-Type {content_type!r}: send application/json in UTF-8")
     limit = limits["max_body_bytes"]
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
       return error(413, f"body of {declared} bytes is over the limit of {limit}")
     body = bytearray()
-    async for chunk in request.stream():  # never more than the limit in memory
-      body += chunk
-      if len(body) > limit:
-        return error(413, f"body of over {limit} bytes is over the limit of {limit}")
     try:
-      data = json.loads(body)
-    except ValueError as e:
-      return error(400, f"malformed JSON: {e}")
+      async for chunk in request.stream():  # never more than the limit in memory
+        body += chunk
+        if len(body) > limit:
+          return error(413, f"body of over {limit} bytes is over the limit of {limit}")
+    except ClientDisconnect:  # no one reads this answer; not a server error
+      return error(400, "the client left before sending the whole body")
+    try:
+      data = parse_json(bytes(body))
+    except InputError as e:
+      return error(400, str(e))
     single = not isinstance(data, list)
     items = [data] if single else data
     if not items or len(items) > limits["max_requests"]:
@@ -309,7 +409,10 @@ def build_app(server: Server, batcher: Batcher, limits: dict):
       queries = [model.parse(r.model_dump(), limits["max_top_n"]) for r in requests]
     except InputError as e:
       return error(400, str(e))
-    answers = await batcher.submit(model, queries)
+    try:
+      answers = await batcher.submit(model, queries)
+    except Overloaded as e:
+      return error(503, str(e), {"Retry-After": str(RETRY_AFTER_S)})
     return answers[0] if single else answers
 
   @app_.post("/admin/reload")
@@ -383,7 +486,8 @@ def main(argv) -> None:
       watcher.cancel()
 
   async def serve():
-    holder["batcher"] = Batcher(holder["server"], cfg.max_batch, cfg.max_wait_ms / 1000, cfg.batching)
+    holder["batcher"] = Batcher(holder["server"], cfg.max_batch, cfg.max_wait_ms / 1000, cfg.batching,
+                                cfg.max_queue)
     limits = {k: getattr(cfg, k) for k in ("max_top_n", "max_body_bytes", "max_requests", "remote_admin")}
     app_ = build_app(holder["server"], holder["batcher"], limits)
     app_.router.lifespan_context = lifespan

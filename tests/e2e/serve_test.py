@@ -160,14 +160,68 @@ def test_clicks_that_are_not_recalled_unless_asked(trained, server):
     (f'{{"clicks": ["i1"], "top_n": {N_ITEMS + 1}}}'.encode(), 400, f"top_n={N_ITEMS + 1}: must be in [1, {N_ITEMS}]"),
     (b'{"clicks": ["i1"], "colour": "red"}', 400, "colour: Extra inputs are not permitted"),
     (b"[]", 400, "a list body holds 1 to 1024 requests, not 0"),
+    (json.dumps([{"clicks": ["i1"]}] * 1025).encode(), 400, "a list body holds 1 to 1024 requests, not 1025"),
     (json.dumps({"clicks": ["i1"] * 300_000}).encode(), 413, "over the limit of 1048576"),
+    # Bodies that were answered 500 (the parser's recursion) or silently taken (the rest).
+    (b"[" * 10_000 + b"]" * 10_000, 400, "JSON nested deeper than 32 levels"),
+    (b'{"a": ' * 10_000 + b"1" + b"}" * 10_000, 400, "JSON nested deeper than 32 levels"),
+    (b"[" * 33 + b"]" * 33, 400, "JSON nested deeper than 32 levels"),
+    (b"[" * 32 + b"]" * 32, 400, "[0]: Input should be a valid dictionary"),
+    (b'{"clicks": ["i1"], "top_n": NaN}', 400, "NaN is not JSON"),
+    (b'{"clicks": [-Infinity]}', 400, "-Infinity is not JSON"),
+    (b'{"clicks": ["i1"], "clicks": ["i2"]}', 400, "duplicate key 'clicks'"),
+    (b'{"clicks": ["\\ud800"]}', 400, "unpaired surrogate"),
+    (b'{"clicks": ["i1"], "\\udfff": 1}', 400, "unpaired surrogate"),
+    (b'\xef\xbb\xbf{"clicks": ["i1"]}', 400, "byte order mark"),
+    (b'{"clicks": ["\xe9"]}', 400, "body is not UTF-8"),
+    ('{"clicks": ["i1"]}'.encode("utf-16"), 400, "body is not UTF-8"),
+    (b"", 400, "malformed JSON"),
+    # Wrong types and values that the schema refuses.
+    (b'{"clicks": [1e999]}', 400, "clicks[0]: Input should be a valid string"),
+    (b'{"clicks": [null]}', 400, "clicks[0]: Input should be a valid string"),
+    (b'{"clicks": ["i1"], "top_n": 1e30}', 400, "top_n: Input should be a valid integer"),
+    (b'{"clicks": ["i1"], "top_n": true}', 400, "top_n: Input should be a valid integer"),
+    (b'{"clicks": ["i1"], "top_n": ' + b"9" * 4000 + b"}", 400, f": must be in [1, {N_ITEMS}]"),
+    (b'{"clicks": ["i1"], "top_n": ' + b"9" * 5000 + b"}", 400, "malformed JSON"),
+    (b'{"clicks": ["i1"], "' + b"k" * 100_000 + b'": 1}', 400, "Extra inputs are not permitted"),
+    (b'"i1"', 400, "body: Input should be a valid dictionary"),
+    (b"5", 400, "body: Input should be a valid dictionary"),
+    (b"null", 400, "body: Input should be a valid dictionary"),
+    (b"[null]", 400, "[0]: Input should be a valid dictionary"),
 ])
 def test_bad_input_gets_a_4xx_with_a_one_line_json_error(server, body, status, message):
   with httpx.Client(base_url=server.url, timeout=60) as client:
     response = client.post("/v1/recall", content=body, headers={"content-type": "application/json"})
     assert response.status_code == status, response.text
     assert "\n" not in response.text and message in response.json()["error"]
+    assert len(response.json()["error"]) <= 300  # a message quoting a long key or value is cut
     assert client.get("/healthz").json()["status"] == "ok"  # still serving
+
+
+def test_every_route_answers_a_client_mistake_with_a_one_line_json_error(server):
+  with httpx.Client(base_url=server.url, timeout=60) as client:
+    for method, path, status, message in [("GET", "/v1/recall", 405, "GET /v1/recall: Method Not Allowed"),
+                                          ("POST", "/healthz", 405, "POST /healthz: Method Not Allowed"),
+                                          ("GET", "/admin/reload", 405, "GET /admin/reload: Method Not Allowed"),
+                                          ("PUT", "/v1/model", 405, "PUT /v1/model: Method Not Allowed"),
+                                          ("GET", "/nope", 404, "GET /nope: Not Found"),
+                                          ("POST", "/v1/recall/extra", 404, "POST /v1/recall/extra: Not Found")]:
+      response = client.request(method, path)
+      assert response.status_code == status and response.json() == {"error": message}, response.text
+      assert "\n" not in response.text and response.headers["content-type"] == "application/json"
+    assert client.get("/v1/recall").headers["allow"] == "POST"
+    body = b'{"clicks": ["i1"], "top_n": 5}'
+    for content_type in ("text/plain", "application/xml", "multipart/form-data", "application/json; charset=latin-1"):
+      response = client.post("/v1/recall", content=body, headers={"content-type": content_type})
+      assert response.status_code == 415 and "send application/json" in response.json()["error"], response.text
+    # JSON, UTF-8 said or not, no type at all, and the form type `curl -d` and urllib send by default.
+    for headers in ({"content-type": "application/json"}, {"content-type": "Application/JSON; charset=UTF-8"}, {},
+                    {"content-type": "application/x-www-form-urlencoded"}):
+      response = client.post("/v1/recall", content=body, headers=headers)
+      assert response.status_code == 200 and len(response.json()["items"]) == 5, response.text
+    # A surrogate pair is one character (U+1F600): an unknown click, not an unpaired surrogate.
+    response = client.post("/v1/recall", content=b'{"clicks": ["\\ud83d\\ude00"], "top_n": 5}')
+    assert response.status_code == 200 and response.json()["unknown_clicks"] == 1, response.text
 
 
 def test_model_info_and_docs(server):

@@ -364,7 +364,7 @@ def build_app(server: Server, batcher: Batcher, limits: dict):
 
   @app_.get("/healthz")
   async def healthz():
-    return {"status": "ok", "model_step": server.model.step}
+    return {"status": "ok", "model_step": server.model.step, "waiting": batcher.waiting}
 
   @app_.get("/v1/model")
   async def model_info():

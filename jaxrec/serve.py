@@ -184,13 +184,19 @@ class Batcher:
     self.queue = asyncio.Queue()
     self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxrec-encoder")
 
+  def full(self) -> bool:
+    return self.waiting >= self.max_queue
+
+  def overload_message(self) -> str:
+    return (f"overloaded: {self.waiting} queries wait for answers (--max_queue={self.max_queue}); "
+            f"retry after {RETRY_AFTER_S} s")
+
   async def submit(self, model: "ServedModel", queries: list) -> list:
     """The answers of `queries`, parsed against `model`, which also answers them. Overloaded
     while max_queue queries wait: the wait of an admitted request stays bounded."""
     # The check and the count are one step of the event loop: no other submit runs between them.
-    if self.waiting >= self.max_queue:
-      raise Overloaded(f"overloaded: {self.waiting} queries wait for answers (--max_queue={self.max_queue}); "
-                       f"retry after {RETRY_AFTER_S} s")
+    if self.full():
+      raise Overloaded(self.overload_message())
     self.waiting += len(queries)
     try:
       future = asyncio.get_running_loop().create_future()
@@ -346,6 +352,9 @@ def build_app(server: Server, batcher: Batcher, limits: dict):
     message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
+  def overloaded(message: str) -> JSONResponse:
+    return error(503, message, {"Retry-After": str(RETRY_AFTER_S)})
+
   @app_.exception_handler(Exception)
   async def internal(request, exc):
     console.info("%s: error answering %s: %s", PROG, request.url.path, " ".join(str(exc).split()))
@@ -373,6 +382,8 @@ def build_app(server: Server, batcher: Batcher, limits: dict):
   @app_.post("/v1/recall", openapi_extra={"requestBody": {"required": True, "content": {
       "application/json": {"schema": schema.json_schema()}}}})
   async def recall_endpoint(request: Request):
+    if batcher.full():  # refused before the body is read and parsed: shedding must cost little
+      return overloaded(batcher.overload_message())
     content_type = request.headers.get("content-type", "")
     if not json_content_type(content_type):
       return error(415, f"Content-Type {content_type!r}: send application/json in UTF-8")
@@ -412,7 +423,7 @@ def build_app(server: Server, batcher: Batcher, limits: dict):
     try:
       answers = await batcher.submit(model, queries)
     except Overloaded as e:
-      return error(503, str(e), {"Retry-After": str(RETRY_AFTER_S)})
+      return overloaded(str(e))
     return answers[0] if single else answers
 
   @app_.post("/admin/reload")

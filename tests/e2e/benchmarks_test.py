@@ -154,3 +154,47 @@ def test_gap_bench_reproduces_the_runs_own_test_metrics(tmp_path):
   row = [line for line in out.splitlines() if line.startswith("| best |") and "| test | ours |" in line][0]
   assert row.split("|")[5].strip() == f"{test['ndcg@10']:.4f}" and row.split("|")[6].strip() == f"{test['hr@10']:.4f}"
   assert "the pick's optimism" in out and "| latest |" in out and "inputs cut to 50 clicks" in out
+
+
+@pytest.fixture(scope="module")
+def tiny_served_run(tmp_path_factory):
+  """(click log, trained workdir) of a tiny synthetic model for the serving benchmark."""
+  from jaxrec import click_log
+  root = tmp_path_factory.mktemp("serve")
+  log = click_log.synthetic_click_log(300, 80, seed=0)
+  data = root / "log.txt"
+  data.write_text("".join(" ".join([log.user_ids[u], *log.item_ids[log.items[log.indptr[u]:log.indptr[u + 1]]]])
+                          + "\n" for u in range(log.num_users)))
+  workdir = root / "run"
+  run_module("jaxrec.main", f"--data_path={data}", f"--workdir={workdir}", "--seq_length=10", "--hidden_size=16",
+             "--batch_size=64", "--num_epochs=1", "--learning_rate=0.01")
+  return data, workdir
+
+
+@pytest.mark.parametrize("load_generator", ["python", "wrk"])
+def test_serve_bench_rows_and_targets(tmp_path, tiny_served_run, load_generator):
+  """Every row answers without errors, the reload row included; targets without their rows
+  say so. The wrk case runs only where wrk is installed: nothing else needs it."""
+  if load_generator == "wrk" and not shutil.which("wrk"):
+    pytest.skip("wrk is not installed (apt-get install -y wrk)")
+  data, workdir = tiny_served_run
+  markdown = tmp_path / "BENCHMARKS.md"
+  out = run_module("benchmarks.serve_bench", f"--workdir={workdir}", f"--data_path={data}",
+                   f"--load_generator={load_generator}", "--seconds=1", "--connections=1,8", "--reload_connections=8",
+                   "--python_clients=8", "--bodies=200", "--top_n=10", f"--markdown_out={markdown}")
+  header = "| client | batching | connections | served/s |"
+  rows = [[c.strip() for c in line.strip("|").split("|")] for line in out[out.index(header):].splitlines()[2:]
+          if line.startswith("|")]
+  client = "wrk" if load_generator == "wrk" else "httpx (Python)"
+  expected = [(client, "on", "1"), (client, "on", "8"), (client, "on, reload", "8")]
+  expected += [("httpx (Python)", "on", "8")] if load_generator == "wrk" else []
+  expected += [(client, "off", "1"), (client, "off", "8")]
+  assert [(r[0], r[1].split(" (")[0], r[2]) for r in rows] == expected
+  assert rows[2][1].startswith("on, reload (HTTP 200, ")
+  for row in rows:
+    assert float(row[3].replace(",", "")) > 0, row  # served/s
+    assert row[7:10] == ["0", "0", "0"], row  # nothing shed, no other errors, no timeouts
+  assert "not measured (--connections has no 64)" in out and "not measured (--connections has no 256)" in out
+  assert "0 errors while the model reloads at 8 connections: reload HTTP 200" in out
+  assert "0 answers not 200 or timed out, met" in out
+  assert "<!-- serve:begin -->" in markdown.read_text()

@@ -498,10 +498,13 @@ class ServeConfig(Section):
   max_top_n: int = option(1000, "Largest top_n a request may ask for.", lower=1)
   max_body_bytes: int = option(1 << 20, "Largest request body; larger gets 413.", lower=1)
   max_requests: int = option(1024, "Most requests in one list body.", lower=1)
-  # Four full batches at the default --max_batch: one encoding, one forming and two waiting
-  # keep the encoder busy, and a request waits behind at most that much work.
-  max_queue: int = option(4 * SERVE_BATCH_SIZES[-1], "Most queries (users) waiting for their answers; a "
+  # Two full batches at the default --max_batch: one encoding while the next forms keeps the
+  # encoder busy, and an admitted request waits behind at most that much work (BENCHMARKS, Serving).
+  max_queue: int = option(2 * SERVE_BATCH_SIZES[-1], "Most queries (users) waiting for their answers; a "
                           "request that arrives while as many wait gets 503 with Retry-After.", lower=1)
+  shed_delay_ms: float = option(200.0, "How long a shed request's 503 waits before it is sent, so that "
+                                "clients retrying at once (ignoring Retry-After) cannot turn shedding into a "
+                                "storm that takes the server's CPU from the requests it admitted.", lower=0)
   remote_admin: bool = option(False, "Accept POST /admin/reload from other hosts than loopback.")
   watch_s: float = option(0.0, "Every this many seconds, reload if --workdir (or the run its link points "
                           "at) has another newest checkpoint; 0: reload on SIGHUP or POST /admin/reload only.",

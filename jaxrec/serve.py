@@ -9,7 +9,8 @@ batch size of BATCH_SIZES and padded length, so no request waits for a compilati
 Requests that arrive together are encoded in one call and searched in one faiss call
 (--max_wait_ms, --max_batch); the encoder runs on a worker thread, off the event loop.
 A client's mistake, on any route, gets a 4xx whose body is one line of JSON, {"error": ...};
-while --max_queue queries wait for answers, a request gets 503 with Retry-After at once.
+while --max_queue queries wait for answers, a request gets 503 with Retry-After, sent after
+--shed_delay_ms so that clients retrying at once cannot storm the server.
 POST /admin/reload (loopback only), SIGHUP, or with --watch_s a poll that sees another newest
 checkpoint loads it beside the old model and swaps it in at once: a batch in flight finishes
 on the model it started with. A --workdir that is a published link is resolved at each load.
@@ -352,7 +353,10 @@ def build_app(server: Server, batcher: Batcher, limits: dict):
     message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
-  def overloaded(message: str) -> JSONResponse:
+  async def overloaded(message: str) -> JSONResponse:
+    # The wait costs a sleeping coroutine, no CPU: a client that retries at once can send
+    # a shed request only every shed_delay_ms per connection.
+    await asyncio.sleep(limits["shed_delay_ms"] / 1000)
     return error(503, message, {"Retry-After": str(RETRY_AFTER_S)})
 
   @app_.exception_handler(Exception)
@@ -383,7 +387,7 @@ def build_app(server: Server, batcher: Batcher, limits: dict):
       "application/json": {"schema": schema.json_schema()}}}})
   async def recall_endpoint(request: Request):
     if batcher.full():  # refused before the body is read and parsed: shedding must cost little
-      return overloaded(batcher.overload_message())
+      return await overloaded(batcher.overload_message())
     content_type = request.headers.get("content-type", "")
     if not json_content_type(content_type):
       return error(415, f"Content-Type {content_type!r}: send application/json in UTF-8")
@@ -423,7 +427,7 @@ def build_app(server: Server, batcher: Batcher, limits: dict):
     try:
       answers = await batcher.submit(model, queries)
     except Overloaded as e:
-      return overloaded(str(e))
+      return await overloaded(str(e))
     return answers[0] if single else answers
 
   @app_.post("/admin/reload")
@@ -499,7 +503,8 @@ def main(argv) -> None:
   async def serve():
     holder["batcher"] = Batcher(holder["server"], cfg.max_batch, cfg.max_wait_ms / 1000, cfg.batching,
                                 cfg.max_queue)
-    limits = {k: getattr(cfg, k) for k in ("max_top_n", "max_body_bytes", "max_requests", "remote_admin")}
+    limits = {k: getattr(cfg, k) for k in ("max_top_n", "max_body_bytes", "max_requests", "remote_admin",
+                                           "shed_delay_ms")}
     app_ = build_app(holder["server"], holder["batcher"], limits)
     app_.router.lifespan_context = lifespan
     config = uvicorn.Config(app_, log_level="warning", access_log=False, timeout_graceful_shutdown=30)

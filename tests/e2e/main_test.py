@@ -119,7 +119,7 @@ def test_summary_success_marker_run_ids_and_export_metadata(trained, tmp_path):
   assert open(os.path.join(workdir, "_SUCCESS")).read().strip() == summary["run_id"]
   assert summary["flags"]["hidden_size"] == 16 and summary["flags"]["num_epochs"] == 3
   assert summary["data"] == {"path": os.path.abspath(data), "bytes": os.path.getsize(data), "format": "auto",
-                             "user_col": "user", "item_col": "item", "time_col": "",
+                             "user_col": "user", "item_col": "item", "time_col": "", "nulls": "refuse",
                              "clicks": len(LOG.items), "users": LOG.num_users, "items": LOG.num_items - 1}
   assert set(summary["versions"]) == {"jaxrec", "jax", "flax", "xla_flags"}
   assert xla_options.YNN_DOTS in summary["versions"]["xla_flags"].split()  # the default, inherited

@@ -67,11 +67,12 @@ def evaluate(params, config: ModelConfig, split: Split, which: str, ks=(10, 20, 
   history = metrics.padded_histories(*input_pipeline.clicks_before(log, users, ends))
   ranks = metrics.evaluate_ranks(user_emb, item_table(params, config), targets, history)
   # Recall removes everything a user clicked, so a target clicked before can never be
-  # recalled: count it as a miss, and offline HR@K equals the hit rate of real recall.
-  ranks = np.where((history == targets[:, None]).any(axis=1), log.num_items, ranks)
+  # recalled: a miss at every K and in MRR (rank -1 here, infinite below), and offline HR@K
+  # equals the hit rate of real recall. (It was rank num_items: 1 / (num_items + 1) of MRR.)
+  ranks = np.where((history == targets[:, None]).any(axis=1), -1, ranks)
   if split.user_index is not None:  # one process's users: every process's ranks, in the whole log's order
     _, ranks = hosts.gather_rows(split.user_index[users], ranks.astype(np.int32))
-  return metrics.ranking_metrics(ranks, ks)
+  return metrics.ranking_metrics(np.where(ranks < 0, np.inf, ranks), ks)
 
 
 def print_table(row: dict) -> None:

@@ -87,9 +87,9 @@ def left_padded(rng, num_pad_B, length, low=1, high=NUM_ITEMS):
 
 
 @st.composite
-def cases(draw, max_pad=LENGTH - 1):
-  """(config, params, rng, num_pad [B] in 0..max_pad)."""
-  config = draw(st.sampled_from(CONFIGS))
+def cases(draw, max_pad=LENGTH - 1, config=None):
+  """(config, params, rng, num_pad [B] in 0..max_pad); any of CONFIGS unless `config` is given."""
+  config = draw(st.sampled_from(CONFIGS)) if config is None else config
   seed = draw(st.integers(0, 2**32 - 1))
   rng = np.random.default_rng(seed)
   num_pad_B = rng.integers(0, max_pad + 1, BATCH)
@@ -245,10 +245,11 @@ def draw_t(data, num_pad_B):
   return np.array([data.draw(st.integers(int(n), LENGTH - 2)) for n in num_pad_B])
 
 
-@settings(deadline=None, max_examples=8)
-@given(cases())
-def test_encode_matches_float64_reference(case):
-  config, params, rng, num_pad_B = case
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+@settings(deadline=None, max_examples=25)
+@given(data=st.data())
+def test_encode_matches_float64_reference(config, data):
+  config, params, rng, num_pad_B = data.draw(cases(config=config))
   check_matches_reference(config, params, left_padded(rng, num_pad_B, LENGTH), encode)
 
 

@@ -89,14 +89,21 @@ def jitted_loss_and_grads(config, loss):
   return jax.jit(lambda params, batch: loss_and_grads(params, config, batch, loss))
 
 
+@functools.lru_cache(maxsize=None)
+def jitted_float64_loss_and_grads(config, loss):
+  """For calls under jax.enable_x64. Jitted: op by op, the float64 run took a second an example."""
+  fn = lambda p, batch: step_lib.loss_fn(p, Seq2Seq(config), batch, None, loss, negatives(loss, jnp.float64))
+  return jax.jit(jax.value_and_grad(fn))
+
+
 def float64_reference(params, config, batch, loss):
   """The plain path's loss and gradients computed in float64."""
   with jax.enable_x64(True):
     params64 = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
     batch64 = batch.replace(hot_weight=np.asarray(batch.hot_weight, np.float64),
                             row_mask=np.asarray(batch.row_mask, np.float64))
-    fn = lambda p: step_lib.loss_fn(p, Seq2Seq(config), batch64, None, loss, negatives(loss, jnp.float64))
-    value, grads = jax.value_and_grad(fn)(params64)
+    value, grads = jitted_float64_loss_and_grads(config, loss)(params64, batch64)
+    assert value.dtype == np.float64
     return float(value), jax.tree.map(np.asarray, grads)
 
 
@@ -117,8 +124,12 @@ def batches(draw):
   return left_padded_batch(rng, lengths, row_mask_B=row_mask), int(rng.integers(1 << 30))
 
 
-@settings(deadline=None, max_examples=16)
-@given(batches(), st.sampled_from(sorted(CONFIGS)), st.sampled_from(sorted(LOSSES)), st.sampled_from((1, 2)))
+# Every (config, loss, groups) combination, each on a few random batches.
+@pytest.mark.parametrize("groups", (1, 2))
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+@settings(deadline=None, max_examples=4)
+@given(case=batches())
 def test_packed_real_slot_loss_and_gradients_match_the_plain_path_and_float64(case, config, loss, groups):
   batch, seed = case
   config, loss = CONFIGS[config], LOSSES[loss]

@@ -1,8 +1,14 @@
-"""Row-sparse ("lazy") Adam on the item tables against the dense step it stands in for."""
+"""Row-sparse ("lazy") Adam on the item tables against the dense step it stands in for, and
+several steps of it against a float64 numpy lazy Adam written from the definition.
 
+Shape key: B batch rows, L padded length, I item table rows (0 = padding), D hidden size.
+"""
+
+import functools
 import tempfile
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -11,7 +17,8 @@ from jaxrec import click_log
 from jaxrec import holdout
 from jaxrec import step as step_lib
 from jaxrec import train
-from jaxrec.model import ModelConfig
+from jaxrec.input_pipeline import Batch
+from jaxrec.model import ModelConfig, Seq2Seq
 
 LOG = click_log.synthetic_click_log(300, 400, seed=3, mean_length=6)
 SPLIT = holdout.leave_one_out(LOG)
@@ -58,3 +65,122 @@ def test_first_step_equals_dense_adam_and_untouched_rows_never_move(share, loss)
     used = np.unique(np.concatenate([np.asarray(getattr(b, k)).ravel() for b in batches for k in keys]))
     moved = np.abs(now - init[name]["embedding"]).sum(axis=1) > 0
     assert moved[used[used > 0]].all()
+
+
+# ----------------------------------------------------------------------------- several steps
+
+ITEMS, ROWS, LENGTH, STEPS = 24, 4, 5, 5
+# Item pools of the five steps: overlapping, and leaving rows out for a step or more
+# before touching them again (1..4 wait at steps 1 and 3, 5..6 at steps 1 to 3).
+POOLS = ((1, 2, 3, 4, 5, 6, 7, 8, 9), (7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19),
+         (1, 2, 3, 4, 15, 16, 17, 18, 19, 20), (9, 10, 11, 12, 13, 15, 16, 17, 18, 19),
+         (1, 2, 3, 4, 5, 6, 20, 21, 22, 23))
+B1, B2, EPS = 0.9, 0.95, 1e-8
+
+
+def pool_batch(rng, pool) -> Batch:
+  """Left-padded inputs and labels drawn from `pool` (padded slots' labels too, as negatives)."""
+  ids_BxL = rng.choice(pool, (ROWS, LENGTH)).astype(np.int32)
+  num_pad_B = np.array([0, 1, 3, 2])
+  ids_BxL[np.arange(LENGTH)[None, :] < num_pad_B[:, None]] = 0
+  label_BxL = rng.choice(pool, (ROWS, LENGTH)).astype(np.int32)
+  hot_weight_BxL = np.log(rng.uniform(0.01, 0.3, (ROWS, LENGTH))).astype(np.float32)
+  return Batch(input_ids=ids_BxL, label=label_BxL, hot_weight=hot_weight_BxL,
+               row_mask=np.ones(ROWS, np.float32))
+
+
+def reference_adam_step(ref, grads, table_names, touched, lr_t, t):
+  """One float64 Adam step on `ref` = {"params", "m", "v"} (flat {path: array}), from the
+  definition: dense leaves all move; an item table's moments and values change only at
+  the `touched` rows; bias correction by the global step count t (1 at the first step)."""
+  for path, g in grads.items():
+    g = np.asarray(g, np.float64)
+    rows = touched if path[0] in table_names else slice(None)
+    m = ref["m"][path][rows] = B1 * ref["m"][path][rows] + (1 - B1) * g[rows]
+    v = ref["v"][path][rows] = B2 * ref["v"][path][rows] + (1 - B2) * g[rows] ** 2
+    ref["params"][path][rows] -= lr_t * (m / (1 - B1**t)) / (np.sqrt(v / (1 - B2**t)) + EPS)
+
+
+def flat(tree) -> dict:
+  """{key path: float64 array} of a parameter tree."""
+  return {tuple(k.key for k in path): np.asarray(x, np.float64)
+          for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def unflatten(flat_tree: dict) -> dict:
+  """The nested tree of `flat`'s output."""
+  tree = {}
+  for path, x in flat_tree.items():
+    node = tree
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = x
+  return tree
+
+
+@pytest.mark.parametrize("share,loss", [(False, "inbatch"), (True, "mixed")])
+def test_several_sparse_steps_match_float64_lazy_adam(share, loss):
+  model = Seq2Seq(ModelConfig(num_items=ITEMS, seq_length=LENGTH, hidden_size=8, num_attention_heads=2,
+                              num_hidden_layers=1, share_embeddings=share))
+  loss = config_lib.LossConfig(loss, **({"num_negatives": 3} if loss == "mixed" else {}))
+  # Cosine decay: a new learning rate every step (none of them 0: every step's update shows).
+  optimizer = config_lib.OptimizerConfig(1e-2, "cosine", sparse_embedding_updates=True, b2=B2)
+  tx, lr = step_lib.make_optimizer(optimizer, STEPS + 1)
+  item_log_q_I = jnp.full((ITEMS,), -np.log(ITEMS - 1.0), jnp.float32)
+  step = jax.jit(functools.partial(step_lib.sparse_train_step, model=model, tx=tx, lr=lr, b2=B2, loss=loss,
+                                   b1=B1, eps=EPS))
+
+  @jax.jit
+  def keys_and_negatives(rng, k):
+    dropout_rng, sample_rng = jax.random.split(jax.random.fold_in(rng, k))
+    if loss.kind != "mixed":
+      return dropout_rng, None
+    return dropout_rng, step_lib.sample_negatives(item_log_q_I, sample_rng, loss, ITEMS)
+
+  grad_fn = jax.jit(jax.grad(lambda p, batch, rng, negatives: step_lib.loss_fn(
+      p, model, batch, rng, loss, negatives)))
+  state = jax.jit(lambda key: step_lib.init_state(model, tx, key, sparse_embedding_updates=True))(
+      jax.random.key(5))
+  names = set(model.table_names())
+  ref = {"params": flat(state.params)}
+  ref["m"] = {k: np.zeros_like(x) for k, x in ref["params"].items()}
+  ref["v"] = {k: np.zeros_like(x) for k, x in ref["params"].items()}
+  rng = np.random.default_rng(0)
+  touched_by_step = []
+  for k, pool in enumerate(POOLS):
+    batch = pool_batch(rng, pool)
+    # The step's keys and negatives, derived as the step derives them.
+    dropout_rng, negatives = keys_and_negatives(state.rng, k)
+    # Touched, as step.py defines it: every id the batch looks up (inputs with padding 0,
+    # labels, negatives), in every item table; so an unshared input table's row that this
+    # batch has only as a label (no gradient there) still decays its moments and moves.
+    ids = [batch.input_ids.ravel(), batch.label.ravel()] + ([np.asarray(negatives[0])] if negatives else [])
+    touched = np.unique(np.concatenate(ids))
+    touched_by_step.append(set(touched.tolist()))
+    params32 = jax.tree.map(lambda x: np.asarray(x, np.float32), unflatten(ref["params"]))
+    grads = flat(grad_fn(params32, batch, dropout_rng, negatives))
+    reference_adam_step(ref, grads, names, touched, float(lr(k)), k + 1)
+
+    before = state
+    state, metrics = step(state, batch, item_log_q_I)
+    assert int(state.step) == k + 1 and np.isfinite(float(metrics["loss"]))
+    got = flat(state.params)
+    assert got.keys() == ref["params"].keys()
+    for path, want in ref["params"].items():
+      np.testing.assert_allclose(got[path], want, rtol=1e-5, atol=1e-6, err_msg=f"step {k + 1} {path}")
+    untouched = np.setdiff1d(np.arange(ITEMS), touched)
+    for name in names:
+      moments = [np.asarray(x) for x in state.opt_state[1][name]]
+      for got_moment, key in zip(moments, ("m", "v"), strict=True):
+        want = ref[key][(name, "embedding")]  # float32 gradients, by another path: rounding
+        np.testing.assert_allclose(got_moment, want, rtol=1e-4, atol=1e-5 * np.abs(want).max(),
+                                   err_msg=f"step {k + 1} {name} {key}")
+      # Rows the batch does not touch keep their values and moments bit for bit.
+      old = [np.asarray(before.params[name]["embedding"])] + [np.asarray(x) for x in before.opt_state[1][name]]
+      new = [got[(name, "embedding")]] + moments
+      for a, b in zip(old, new, strict=True):
+        np.testing.assert_array_equal(b[untouched], a[untouched], err_msg=f"step {k + 1} {name}")
+  # The case does test rows that move, wait a step or more, then move again.
+  waited = {r for k in range(1, STEPS - 1) for r in range(ITEMS) if r not in touched_by_step[k]
+            and any(r in t for t in touched_by_step[:k]) and any(r in t for t in touched_by_step[k + 1:])}
+  assert len(waited) >= 5

@@ -33,12 +33,12 @@ points `main`, `recall_cli` and `serve` parse them, and library code never reads
   config          the configuration tree: every option's default, help, bounds, checks, once
   holdout         which clicks train, validate and test: leave-one-out, time split, none
   vocab           the workdir's vocabulary: save, load, map a log onto it, fingerprint
-  click_log       format dispatch, the text readers (note, sequences, pairs), the synthetic log, describe
+  click_log       format, separator and compression detection, the text readers, --nulls, the synthetic log, describe
   arrow_log       CSV, pairs and Parquet through Apache Arrow, ids by dictionary encoding
   clicks          ClickLog (CSR clicks with raw ids) and timestamp parsing, shared by the readers
   embeddings      the exported .npz: load and validate (no JAX)
   recall          top-N unvisited items per user with faiss, recall_to_file (no JAX)
-  recall_lists    recall lists to TSV or Parquet, chunk by chunk, atomically (no JAX)
+  recall_lists    recall lists to TSV, CSV, JSONL or Parquet by suffix, chunk by chunk, atomically (no JAX)
   errors, fileio, console   exit codes and one-line errors, atomic writes, progress lines
 
 Importing the package is cheap on purpose: `jaxrec.recall` must run without JAX.

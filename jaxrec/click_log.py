@@ -17,7 +17,7 @@ import numpy as np
 from jaxrec import arrow_log
 from jaxrec import console
 from jaxrec.clicks import ClickLog, gather_ranges, to_seconds, first_bad_time, null_mask
-from jaxrec.config import DATA_FORMATS
+from jaxrec.config import DATA_FORMATS, SEPARATORS
 from jaxrec.errors import InputError
 
 _NOTE_LINE = re.compile(rb"^\s*([^\s:\[\],]+)\s*:\s*\[([^\[\]:]*)\]\s*$")
@@ -145,9 +145,6 @@ def detect_format(path: str, raw: bytes, user_col: str = "user", item_col: str =
     return "pairs"
   raise InputError(f"{path}: cannot tell the format from the first lines; pass --data_format="
                    "note|sequences|pairs|csv")
-
-
-SEPARATORS = {"comma": ",", "tab": "\t", "semicolon": ";", "pipe": "|"}
 
 
 def _header_separator(raw: bytes, user_col: str, item_col: str) -> str | None:

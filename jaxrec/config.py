@@ -23,7 +23,7 @@ from jaxrec.errors import InputError
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)  # the step casts the learning rate to float32
 DATA_FORMATS = ("auto", "note", "sequences", "pairs", "csv", "parquet", "synthetic")
-SEPARATORS = ("auto", "comma", "tab", "semicolon", "pipe")  # --separator: a CSV's field separator
+SEPARATORS = {"comma": ",", "tab": "\t", "semicolon": ";", "pipe": "|"}  # --separator's names and characters
 SERVE_BATCH_SIZES = (1, 8, 64)  # batch sizes serve compiles its encoder for; a batch runs at the smallest
 
 
@@ -125,7 +125,7 @@ class DataConfig(Section):
                                "--data_format=csv or parquet"))
   separator: str = option("auto", "CSV field separator; auto: the one of comma, tab, semicolon or pipe "
                           "that splits the header line into --user_col and --item_col.",
-                          choices=SEPARATORS, only=(lambda c: c.data.data_format in ("auto", "csv"),
+                          choices=("auto", *SEPARATORS), only=(lambda c: c.data.data_format in ("auto", "csv"),
                                                     "--data_format=csv"))
   nulls: str = option("refuse", "A click whose user, item or time is empty, NULL, null, NA, NaN, None or "
                       "N/A (CSV, pairs, Parquet): refuse names its file and line; drop leaves it out and "

@@ -14,6 +14,8 @@ import sys
 import numpy as np
 import pytest
 
+from main_test import write_sequences
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -137,17 +139,20 @@ def test_scale_bench_runs_every_stage_on_a_small_log(tmp_path):
   assert len(recalled) == 1500 and all(len(line.split("\t")[1].split(",")) == 50 for line in recalled)
 
 
+def tiny_run(root, num_epochs: int):
+  """(click log, trained workdir) under `root`: a tiny model on a synthetic log of 300 users."""
+  from jaxrec import click_log
+  data = write_sequences(root / "log.txt", click_log.synthetic_click_log(300, 80, seed=0))
+  workdir = root / "run"
+  run_module("jaxrec.main", f"--data_path={data}", f"--workdir={workdir}", "--seq_length=10", "--hidden_size=16",
+             "--batch_size=64", f"--num_epochs={num_epochs}", "--learning_rate=0.01")
+  return data, workdir
+
+
 def test_gap_bench_reproduces_the_runs_own_test_metrics(tmp_path):
   """Our protocol's row of the best checkpoint is the test row training wrote, and every
   variant and the selection-bias line are reported."""
-  from jaxrec import click_log
-  log = click_log.synthetic_click_log(300, 80, seed=0)
-  data = tmp_path / "log.txt"
-  data.write_text("".join(" ".join([log.user_ids[u], *log.item_ids[log.items[log.indptr[u]:log.indptr[u + 1]]]])
-                          + "\n" for u in range(log.num_users)))
-  workdir = tmp_path / "run"
-  run_module("jaxrec.main", f"--data_path={data}", f"--workdir={workdir}", "--seq_length=10", "--hidden_size=16",
-             "--batch_size=64", "--num_epochs=4", "--learning_rate=0.01")
+  data, workdir = tiny_run(tmp_path, num_epochs=4)
   out = run_module("benchmarks.gap_bench", f"--workdir={workdir}", f"--data_path={data}")
   with open(workdir / "summary.json") as f:
     test = json.load(f)["test"]
@@ -159,16 +164,7 @@ def test_gap_bench_reproduces_the_runs_own_test_metrics(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_served_run(tmp_path_factory):
   """(click log, trained workdir) of a tiny synthetic model for the serving benchmark."""
-  from jaxrec import click_log
-  root = tmp_path_factory.mktemp("serve")
-  log = click_log.synthetic_click_log(300, 80, seed=0)
-  data = root / "log.txt"
-  data.write_text("".join(" ".join([log.user_ids[u], *log.item_ids[log.items[log.indptr[u]:log.indptr[u + 1]]]])
-                          + "\n" for u in range(log.num_users)))
-  workdir = root / "run"
-  run_module("jaxrec.main", f"--data_path={data}", f"--workdir={workdir}", "--seq_length=10", "--hidden_size=16",
-             "--batch_size=64", "--num_epochs=1", "--learning_rate=0.01")
-  return data, workdir
+  return tiny_run(tmp_path_factory.mktemp("serve"), num_epochs=1)
 
 
 @pytest.mark.parametrize("load_generator", ["python", "wrk"])

@@ -10,6 +10,7 @@ import time
 import httpx
 import pytest
 
+from deadlines import wait_for
 from main_test import cli, ok, refused
 from serve_test import Served
 
@@ -151,12 +152,3 @@ def test_a_watching_server_follows_the_link_and_keeps_serving_past_a_broken_targ
     code, err = server.stop()
   assert code == 0
   assert err.count("reload failed") == 1 and "no trained model here" in err, err  # said once, not per poll
-
-
-def wait_for(predicate, deadline_s=60.0) -> bool:
-  end = time.monotonic() + deadline_s
-  while not predicate():
-    if time.monotonic() > end:
-      return False
-    time.sleep(0.05)
-  return True

@@ -11,22 +11,14 @@ from jaxrec import console
 from jaxrec import train
 
 from api_test import write_clicks
-
-
-def wait_for(predicate, deadline_s=30.0) -> bool:
-  end = time.monotonic() + deadline_s
-  while not predicate():
-    if time.monotonic() > end:
-      return False
-    time.sleep(0.01)
-  return True
+from deadlines import wait_for
 
 
 def test_a_slow_phase_is_announced_while_it_runs_and_a_quick_one_is_not(monkeypatch):
   printed = []
   monkeypatch.setattr(console, "info", lambda message, *args: printed.append(message % args if args else message))
   with console.slow("reading big.csv", after_s=0.05):
-    assert wait_for(lambda: printed), "the slow phase never said so"
+    assert wait_for(lambda: printed, deadline_s=30, poll_s=0.01), "the slow phase never said so"
   with console.slow("reading small.csv", after_s=30):
     pass
   time.sleep(0.1)  # a timer left running would print here

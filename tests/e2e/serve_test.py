@@ -2,12 +2,14 @@
 to export + jaxrec.recall, bad input, the popular fallback, reload under load, SIGTERM."""
 
 import asyncio
+import ipaddress
 import json
 import os
 import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
+from deadlines import wait_for
 from jaxrec import click_log
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -24,11 +27,11 @@ TINY = ("--hidden_size=16 --num_hidden_layers=1 --seq_length=10 --batch_size=32 
         "--eval_ks=10,20").split()
 LOG = click_log.synthetic_click_log(400, 150, seed=2)
 N_ITEMS = len(np.unique(LOG.items))  # the items the log file holds: the model's catalog
-READY = re.compile(r"^jaxrec\.serve: ready on (http://127\.0\.0\.1:\d+) \(model step (\d+), (\d+) items\)$")
+READY = re.compile(r"^jaxrec\.serve: ready on (http://[\d.]+:\d+) \(model step (\d+), (\d+) items\)$")
 
 
-def env():
-  return dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def env(**extra):
+  return dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
 
 
 def run(module, *args):
@@ -41,8 +44,8 @@ def run(module, *args):
 class Served:
   """A `python -m jaxrec.serve` process; `url` once its ready line is printed."""
 
-  def __init__(self, *args, deadline_s: float = 300):
-    self.proc = subprocess.Popen([sys.executable, "-m", "jaxrec.serve", "--port=0", *args], env=env(),
+  def __init__(self, *args, deadline_s: float = 300, extra_env: dict | None = None):
+    self.proc = subprocess.Popen([sys.executable, "-m", "jaxrec.serve", "--port=0", *args], env=env(**extra_env or {}),
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     self.lines = []
     # The ready line is read on a thread, so a server stuck before it fails the test at the
@@ -100,9 +103,32 @@ def histories(path) -> dict:
   return out
 
 
+def assert_lists_match_offline(users: list, served: list, tsv: str, workdir: str) -> None:
+  """Served lists equal jaxrec.recall's on the exported vectors; a near-tie inside float32
+  rounding may come in either order (the recall contract), checked in float64."""
+  offline = dict(line.rstrip("\n").split("\t") for line in open(tsv))
+  npz = np.load(os.path.join(workdir, "embeddings.npz"))
+  assert len(served) == len(users)
+  assert all(a["model_step"] == int(npz["step"]) and a["unknown_clicks"] == 0 for a in served)
+  row = {u: r for r, u in enumerate(npz["user_ids"])}
+  item_row = {i: r for r, i in enumerate(npz["item_ids"])}
+  same = 0
+  for (user, _), answer in zip(users, served):
+    want = offline[user].split(",")
+    same += answer["items"] == want
+    if answer["items"] != want:
+      u = npz["user_emb"][row[user]].astype(np.float64)
+      scores = npz["item_emb"].astype(np.float64) @ u
+      tol = (u.size + 2) * 2.0 ** -23 * np.abs(npz["item_emb"] * u).sum(axis=1).max()
+      assert sorted(answer["items"]) == sorted(want) or abs(
+          scores[item_row[answer["items"][-1]]] - scores[item_row[want[-1]]]) <= tol
+      np.testing.assert_allclose(scores[[item_row[i] for i in answer["items"]]],
+                                 scores[[item_row[i] for i in want]], atol=tol)
+  assert same >= 0.99 * len(users)
+
+
 def test_served_lists_equal_export_plus_recall(trained, server):
   data, workdir, tsv = trained
-  offline = dict(line.rstrip("\n").split("\t") for line in open(tsv))
   users = sorted(histories(data).items())
   served = []
   with httpx.Client(base_url=server.url, timeout=60) as client:
@@ -117,23 +143,47 @@ def test_served_lists_equal_export_plus_recall(trained, server):
   np.testing.assert_allclose(single["scores"], served[0]["scores"], rtol=1e-5)
   with httpx.Client(base_url=server.url, timeout=60) as client:
     assert client.post("/v1/recall", json={"clicks": users[0][1], "top_n": 20}).json() == single  # deterministic
-  npz = np.load(os.path.join(workdir, "embeddings.npz"))
-  assert all(a["model_step"] == int(npz["step"]) and a["unknown_clicks"] == 0 for a in served)
-  same = sum(a["items"] == offline[user].split(",") for (user, _), a in zip(users, served))
-  # Equal lists; a near-tie inside float32 rounding may come in either order (the recall contract).
-  row = {u: r for r, u in enumerate(npz["user_ids"])}
-  item_row = {i: r for r, i in enumerate(npz["item_ids"])}
-  for (user, _), answer in zip(users, served):
-    want = offline[user].split(",")
-    if answer["items"] != want:
-      u = npz["user_emb"][row[user]].astype(np.float64)
-      scores = npz["item_emb"].astype(np.float64) @ u
-      tol = (u.size + 2) * 2.0 ** -23 * np.abs(npz["item_emb"] * u).sum(axis=1).max()
-      assert sorted(answer["items"]) == sorted(want) or abs(
-          scores[item_row[answer["items"][-1]]] - scores[item_row[want[-1]]]) <= tol
-      np.testing.assert_allclose(scores[[item_row[i] for i in answer["items"]]],
-                                 scores[[item_row[i] for i in want]], atol=tol)
-  assert same >= 0.99 * len(users)
+  assert_lists_match_offline(users, served, tsv, workdir)
+
+
+async def _recall_concurrently(url: str, users: list, clients: int = 8) -> list:
+  """Every user's list, asked by `clients` concurrent clients in bodies of 1 to 7 requests
+  (so micro-batches of every size form); answers in the users' order."""
+  chunks, start = [], 0
+  while start < len(users):
+    size = 1 + len(chunks) % 7
+    chunks.append(users[start:start + size])
+    start += size
+  answers = [None] * len(chunks)
+  async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+    async def worker(k):
+      for c in range(k, len(chunks), clients):
+        body = [{"clicks": items, "top_n": 20} for _, items in chunks[c]]
+        response = await client.post("/v1/recall", json=body[0] if len(body) == 1 else body)
+        assert response.status_code == 200, response.text
+        answers[c] = [response.json()] if len(body) == 1 else response.json()
+    await asyncio.gather(*(worker(k) for k in range(clients)))
+  return [a for chunk in answers for a in chunk]
+
+
+@pytest.mark.parametrize("args", [(), ("--nobatching",), ("--max_batch=3",)], ids=["default", "nobatching", "max_batch3"])
+def test_same_lists_whatever_the_batching_and_no_compile_after_start_up(trained, args):
+  """Batching on, off and capped at 3 users a call give jaxrec.recall's lists, and nothing is
+  compiled once the server is ready: every (batch, length) shape was compiled at start-up."""
+  data, workdir, tsv = trained
+  served = Served(f"--workdir={workdir}", *args, extra_env={"JAX_LOG_COMPILES": "1"})
+  compiled_at_start = sum("Compiling " in line for line in served.lines)
+  users = sorted(histories(data).items())
+  answers = asyncio.run(_recall_concurrently(served.url, users))
+  with httpx.Client(base_url=served.url, timeout=60) as client:  # the longest history the model takes, and more
+    longest = client.post("/v1/recall", json={"clicks": LOG.item_ids[LOG.items[:60]].tolist(), "top_n": 5})
+    assert longest.status_code == 200, longest.text
+  code, stderr = served.stop()
+  assert code == 0 and "Traceback" not in stderr, stderr
+  after_ready = stderr[stderr.index("ready on"):]
+  assert compiled_at_start > 0, "JAX_LOG_COMPILES logged nothing: this test would see no compile"
+  assert "Compiling " not in after_ready, after_ready[:2000]
+  assert_lists_match_offline(users, answers, tsv, workdir)
 
 
 def test_unknown_clicks_are_counted_and_no_known_click_gets_the_popular_items(trained, server):
@@ -316,3 +366,58 @@ def test_sigterm_answers_every_request_in_flight(trained):
   code = served.proc.wait(timeout=60)
   stderr = "".join(served.lines) + served.proc.stderr.read()
   assert code == 0 and "Traceback" not in stderr, stderr
+
+
+def _model_step(url: str) -> int:
+  with httpx.Client(base_url=url, timeout=60) as client:
+    return client.get("/v1/model").json()["model_step"]
+
+
+def test_sighup_reloads_the_newest_checkpoint(trained, tmp_path):
+  data, src, _ = trained
+  workdir = str(tmp_path / "workdir")
+  shutil.copytree(src, workdir)
+  served = Served(f"--workdir={workdir}", "--checkpoints=latest")
+  run("jaxrec.main", *TINY, f"--data_path={data}", f"--workdir={workdir}", "--num_epochs=3",
+      "--allow_changed_flags=num_epochs")
+  assert _model_step(served.url) == served.step  # nothing reloads on its own without --watch_s
+  served.proc.send_signal(signal.SIGHUP)
+  assert wait_for(lambda: _model_step(served.url) != served.step, 120), "SIGHUP reloaded nothing in 120 s"
+  new_step = _model_step(served.url)
+  code, stderr = served.stop()
+  assert new_step > served.step and code == 0 and "Traceback" not in stderr, stderr
+  assert f"reloaded: model step {new_step} (was {served.step})" in stderr
+
+
+def _non_loopback_address() -> str | None:
+  """This machine's address on its default route (no packet is sent), if it has one."""
+  with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    try:
+      s.connect(("192.0.2.1", 9))  # TEST-NET-1: only the route is looked up
+    except OSError:
+      return None
+    address = s.getsockname()[0]
+  return None if ipaddress.ip_address(address).is_loopback else address
+
+
+@pytest.mark.parametrize("remote_admin", [False, True])
+def test_admin_reload_is_refused_from_other_hosts_unless_allowed(trained, remote_admin):
+  address = _non_loopback_address()
+  if address is None:
+    pytest.skip("this machine has no non-loopback IPv4 address to connect from")
+  _, workdir, _ = trained
+  served = Served(f"--workdir={workdir}", "--host=0.0.0.0", *(["--remote_admin"] if remote_admin else []))
+  port = served.url.rsplit(":", 1)[1]
+  with httpx.Client(timeout=120) as client:
+    remote = client.post(f"http://{address}:{port}/admin/reload")
+    local = client.post(f"http://127.0.0.1:{port}/admin/reload")
+    recall = client.post(f"http://{address}:{port}/v1/recall", json={"clicks": ["nope"], "top_n": 3})
+  code, stderr = served.stop()
+  assert code == 0 and "Traceback" not in stderr, stderr
+  assert local.status_code == 200 and local.json()["model_step"] == served.step, local.text
+  assert recall.status_code == 200  # only the admin route is closed to other hosts
+  if remote_admin:
+    assert remote.status_code == 200, remote.text
+  else:
+    assert remote.status_code == 403 and remote.json() == {
+        "error": "reload is accepted from loopback only (--remote_admin to allow others)"}, remote.text

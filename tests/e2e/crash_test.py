@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import pytest
 
+from deadlines import wait_for
 from jaxrec import checkpoints
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -119,23 +120,40 @@ def test_sigkill_then_rerun_resumes_identically(lines, reference, tmp_path):
   assert_resumes_to_reference(workdir, last, reference)
 
 
+# The real CLI with its second checkpoint save held between writing the temporary directory
+# and renaming it into place (the last moment a kill can leave a partial checkpoint): the save
+# announces itself in the file argv[1] and waits there for the test's SIGKILL.
+HELD_SAVE = """
+import sys, time
+from orbax.checkpoint._src.path import atomicity
+from jaxrec import main
+
+marker, finalize, calls = sys.argv.pop(1), atomicity.AtomicRenameTemporaryPath.finalize, []
+async def held_finalize(self):
+  if self._final_path.parent.name == "checkpoints":  # a step's directory, not an item inside it
+    calls.append(self)
+  if len(calls) == 2 and calls[-1] is self:
+    open(marker, "w").write(str(self.get()))
+    while True:
+      time.sleep(1)
+  await finalize(self)
+atomicity.AtomicRenameTemporaryPath.finalize = held_finalize
+main.run()
+"""
+
+
 def test_sigkill_during_checkpoint_save(reference, tmp_path):
-  """Freezes training (SIGSTOP) while a save is in flight, then SIGKILLs it."""
-  workdir = str(tmp_path / "workdir")
-  ckpt_dir = os.path.join(workdir, checkpoints.LATEST)
-  proc = start(workdir)
-  in_flight = None
-  while in_flight is None and proc.poll() is None:
-    names = os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else []
-    if any(n.isdigit() for n in names) and any(TMP_SUFFIX in n for n in names):  # not the first save
-      proc.send_signal(signal.SIGSTOP)
-      in_flight = [n for n in os.listdir(ckpt_dir) if TMP_SUFFIX in n] or None
-      proc.send_signal(signal.SIGKILL if in_flight else signal.SIGCONT)
-    time.sleep(0.001)
-  proc.communicate()
-  assert in_flight, "training ended before a save could be caught in flight"
+  """SIGKILLs training while its second save has written everything but not renamed it."""
+  workdir, marker = str(tmp_path / "workdir"), str(tmp_path / "held")
+  proc = subprocess.Popen([sys.executable, "-c", HELD_SAVE, marker, *command(workdir)[3:]], env=env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  held = wait_for(lambda: os.path.exists(marker) or proc.poll() is not None, 300)
+  proc.kill()
+  _, stderr = proc.communicate(timeout=60)
+  assert held and os.path.exists(marker), "training never reached its second save:\n" + stderr
+  in_flight = leftovers(workdir)
   assert proc.returncode == -signal.SIGKILL
-  assert leftovers(workdir) == in_flight  # the unfinished save is still there ...
+  assert len(in_flight) == 1 and open(marker).read().endswith(in_flight[0])  # the held save is there ...
   last = complete_steps(workdir)[-1]
   assert last < int(in_flight[0].split(".")[0])  # ... and is not counted as a checkpoint
   params_at(workdir, last)

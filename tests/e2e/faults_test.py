@@ -12,12 +12,12 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
+from deadlines import wait_for
 from jaxrec import checkpoints
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -202,11 +202,11 @@ def test_metrics_log_close_on_a_full_disk_stops_tensorboards_thread(tmp_path):
   with mounted(tmp_path / "disk", "-t", "tmpfs", "-o", "size=1m", "tmpfs") as disk:
     before = set(threading.enumerate())
     log = MetricsLog(disk, enabled=True)
+    queue = log.writer.file_writer.event_writer._event_queue
     log.scalars(0, {"loss": 1.0})
-    time.sleep(0.5)  # the worker writes the event into the file's buffer
+    assert wait_for(queue.empty, 60)  # the worker took the event (into the file's buffer)
     fill(disk, leave_kib=0)
-    log.scalars(1, {"loss": 1.0})
-    time.sleep(0.5)  # ... and this one, which cannot be flushed
+    log.scalars(1, {"loss": 1.0})  # ... and this one, which cannot be flushed, is pending too
     with pytest.raises(OSError):
       log.close()
     assert set(threading.enumerate()) <= before

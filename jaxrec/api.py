@@ -12,7 +12,6 @@ one line and exit 2). Several processes (RunConfig.num_processes): call
 `jax.distributed.initialize` first, as jaxrec.main does.
 """
 
-import dataclasses
 import json
 import os
 import resource
@@ -26,6 +25,7 @@ from jaxrec import evaluate as evaluate_lib
 from jaxrec import export as export_lib
 from jaxrec import holdout
 from jaxrec import hosts
+from jaxrec import item_features
 from jaxrec import model_export
 from jaxrec import recall as recall_lib
 from jaxrec import train as train_lib
@@ -71,8 +71,9 @@ def train(cfg: Config, log: ClickLog | None = None) -> dict:
   workdir_lib.check_publishable(cfg)
   began = time.perf_counter()
   log = load_clicks(cfg) if log is None else log
+  features = item_features.read(cfg.features) if cfg.features.item_features else None
   read_s = time.perf_counter() - began
-  start = workdir_lib.start_training(cfg, log)
+  start = workdir_lib.start_training(cfg, log, features)
   split = make_split(start.config, start.log)
   if len(split.train_users) == 0:
     raise InputError(f"{cfg.data.source}: no user has 2 or more training clicks (with --holdout=last, users "
@@ -82,6 +83,8 @@ def train(cfg: Config, log: ClickLog | None = None) -> dict:
     # Phase lines only now that every input check has passed: bad input stays one error line.
     console.info("read %d clicks of %d users on %d items from %s in %.1f s", len(log.items), log.num_users,
                  log.num_items - 1, cfg.data.source, read_s)
+    if start.features_note:
+      console.info("%s", start.features_note)
     console.info("%s", split.describe())
     split = own_share(start.config, split)  # several processes: the other users' clicks are dropped here
     result = train_lib.train_and_evaluate(start.config, split, cfg.run.workdir, run_info,
@@ -127,7 +130,7 @@ def export(cfg: Config, log: ClickLog | None = None) -> str:
     raise InputError(f"--output={path}: directory {out_dir} is not writable")
   log = workdir_lib.model_log(cfg, load_clicks(cfg) if log is None else log, model)
   params = checkpoints.restore_params(mgr, step)
-  metadata = {"step": step, "model_config": json.dumps(dataclasses.asdict(model), sort_keys=True),
+  metadata = {"step": step, "model_config": json.dumps(model.as_dict(), sort_keys=True),
               "vocab_fingerprint": vocab.vocab_fingerprint(log.item_ids)}
   shard = {}
   if cfg.run.num_processes > 1:  # each process its own users' vectors; the first writes them all

@@ -7,6 +7,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from jaxrec import item_features
 from jaxrec.errors import InputError
 from jaxrec.fileio import atomic_open
 from jaxrec.model import ModelConfig
@@ -49,18 +50,24 @@ def config_path(workdir: str) -> str:
 
 def write_model_config(workdir: str, config: ModelConfig) -> None:
   with atomic_open(config_path(workdir)) as f:
-    json.dump(dataclasses.asdict(config), f, indent=1, sort_keys=True)
+    json.dump(config.as_dict(), f, indent=1, sort_keys=True)
 
 
 def read_model_config(workdir: str) -> ModelConfig | None:
+  """The workdir's model, with its item features (features.npz) attached where it has them."""
   path = config_path(workdir)
   if not os.path.exists(path):
     return None
   try:
     with open(path) as f:
-      return ModelConfig(**json.load(f))
-  except (ValueError, TypeError) as e:
+      fields = json.load(f)
+    fields["feature_sizes"] = tuple(fields.get("feature_sizes", ()))
+    config = ModelConfig(**fields)
+  except (ValueError, TypeError, AttributeError) as e:
     raise InputError(f"{path}: not a jaxrec model config ({e})") from None
+  if config.feature_sizes:
+    config = dataclasses.replace(config, item_features=item_features.load(item_features.path_in(workdir)))
+  return config
 
 
 def check_same_model(workdir: str, config: ModelConfig) -> None:
@@ -68,7 +75,7 @@ def check_same_model(workdir: str, config: ModelConfig) -> None:
   saved = read_model_config(workdir)
   if saved is None:
     return
-  diffs = [f"{k} {v} there, {getattr(config, k)} now" for k, v in dataclasses.asdict(saved).items()
+  diffs = [f"{k} {v} there, {getattr(config, k)} now" for k, v in saved.as_dict().items()
            if v != getattr(config, k) and k in _SHAPE_FIELDS]
   if diffs:
     raise InputError(f"--workdir={workdir} holds checkpoints of a different model ({'; '.join(diffs)}): "
@@ -77,7 +84,7 @@ def check_same_model(workdir: str, config: ModelConfig) -> None:
 
 _SHAPE_FIELDS = ("num_items", "seq_length", "hidden_size", "num_attention_heads", "num_hidden_layers",
                  "feed_forward_size", "share_embeddings", "position_order", "embedding_layer_norm",
-                 "encoder")
+                 "encoder", "feature_sizes")
 
 
 def restore_params(mgr, step: int):

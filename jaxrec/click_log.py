@@ -36,7 +36,7 @@ def read_click_log(path: str, data_format: str = "auto", user_col: str = "user",
   """
   if data_format == "parquet" or (data_format == "auto" and _looks_parquet(path)):
     return _group_dense(*_handle_nulls(path, arrow_log.read_parquet(path, user_col, item_col, time_col), nulls))
-  raw = _read_bytes(path)
+  raw = read_bytes(path)
   name = _without_compression_suffix(path)
   if data_format == "auto":
     data_format = detect_format(name, raw, user_col, item_col)
@@ -77,7 +77,7 @@ def _without_compression_suffix(path: str) -> str:
   return path
 
 
-def _read_bytes(path: str) -> bytes:
+def read_bytes(path: str) -> bytes:
   if not path:
     raise InputError("--data_path: no data file given")
   if os.path.isdir(path):

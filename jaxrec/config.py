@@ -165,6 +165,24 @@ class DataConfig(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class FeaturesConfig(Section):
+  """Item side features: what the catalog knows about each item (item_features.py reads them)."""
+  item_features: str = option(
+      "", "Item feature table: `item value value ...` lines (.txt), a CSV with --feature_item_col and "
+      "feature columns (.csv/.tsv), or Parquet (a file or directory; list columns hold several values). An "
+      "item's vector becomes its id vector plus its pooled feature vectors; items only the table names join "
+      "the catalog as cold items, scored by their features alone.", kept=True)
+  feature_item_col: str = option("item", "Item id column of a CSV / Parquet --item_features table.", kept=True,
+                                 only=(lambda c: bool(c.features.item_features), "--item_features"))
+  feature_separator: str = option("|", "Separator of several values in one CSV cell of --item_features.",
+                                  kept=True, only=(lambda c: bool(c.features.item_features), "--item_features"))
+
+  def check(self):
+    _require(len(self.feature_separator) == 1 and not self.feature_separator.isspace(),
+             f"--feature_separator={self.feature_separator!r}: must be one character, not a space")
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig(Section):
   """Model hyperparameters (defaults: SPEC section 8). num_items is the data's, not a flag."""
   num_items: int = 0  # item table rows, padding row 0 included; set from the vocabulary
@@ -188,15 +206,33 @@ class ModelConfig(Section):
   bsarec_alpha: float = option(0.5, "--encoder=bsarec: weight of the filter branch (1 - alpha: attention).",
                                lower=0, upper=1, kept=True,
                                only=(lambda c: c.model.encoder == "bsarec", "--encoder=bsarec"))
+  id_dropout: float = option(0.1, "With --item_features: share of items whose id vector is left out of a "
+                             "training step (the same items on the input and output side), so that the "
+                             "feature vectors alone place an item as cold items need.", kept=True,
+                             only=(lambda c: bool(c.features.item_features), "--item_features"))
   initializer_range: float = 0.02
   layer_norm_epsilon: float = 1e-12
+  # Set from the feature table, as num_items from the vocabulary: rows of each field's value
+  # table (padding row 0 included); () without --item_features.
+  feature_sizes: tuple[int, ...] = ()
+  # The rows' feature values (item_features.ItemFeatureRows), attached where the model is built
+  # from a workdir (checkpoints.read_model_config); data, not a setting: not saved with the
+  # config, not compared, not hashed.
+  item_features: object = dataclasses.field(default=None, compare=False, hash=False, repr=False)
 
   def check(self):
-    _in_unit_interval(self, "attention_dropout_rate")
+    _in_unit_interval(self, "attention_dropout_rate", "id_dropout")
+    if self.item_features is not None:
+      _require(tuple(self.item_features.sizes) == tuple(self.feature_sizes),
+               f"feature tables of {self.item_features.sizes} values, the model config says {self.feature_sizes}")
     _require(0 <= self.hidden_dropout_rate < 1, f"--dropout_rate={self.hidden_dropout_rate}: must be in [0, 1)")
     _require(self.hidden_size % self.num_attention_heads == 0,
              f"--hidden_size={self.hidden_size} is not divisible by "
              f"--num_attention_heads={self.num_attention_heads}")
+
+  def as_dict(self) -> dict:
+    """The saved fields (model_config.json): the feature rows are saved beside, in features.npz."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "item_features"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -365,6 +401,7 @@ class Config:
   """The whole configuration of a jaxrec run (the tree `jaxrec.main`'s flags fill)."""
   data: DataConfig = DataConfig()
   run: RunConfig = RunConfig()
+  features: FeaturesConfig = FeaturesConfig()
   model: ModelConfig = ModelConfig()
   loss: LossConfig = LossConfig()
   optimizer: OptimizerConfig = OptimizerConfig()
@@ -384,6 +421,9 @@ class Config:
     _require(b.short_length < m.seq_length, f"--short_length={b.short_length}: must be in [0, --seq_length)")
     _require(not (b.layout == "packed" and m.encoder != "spec"),
              f"--layout=packed: not with --encoder={m.encoder} (its filter spans the whole row)")
+    _require(not (o.sparse_embedding_updates and self.features.item_features),
+             "--sparse_embedding_updates: does not combine with --item_features, whose feature tables every "
+             "item's vector reads")
     _require(not (o.sparse_embedding_updates and self.loss.kind == "full"),
              "--sparse_embedding_updates: does not combine with --loss=full, which reads every row")
     _require((b.data_shards or self.run.num_processes) % self.run.num_processes == 0,
@@ -424,6 +464,9 @@ class Config:
     out["data_shards"] = self.data_shards
     if not self.train.init_from:
       del out["init_checkpoints"]  # means nothing without --init_from (and its default changed)
+    if not self.features.item_features:  # mean nothing without a feature table
+      for name in ("feature_item_col", "feature_separator", "id_dropout"):
+        del out[name]
     return out
 
 

@@ -97,7 +97,7 @@ def markdown_table(sections) -> str:
   for _, cls in sections:
     rows.append(f"| **{cls.__doc__.splitlines()[0].rstrip('.')}** | | |")
     for f in options(cls):
-      default = flag_text(f.default)
+      default = flag_text(f.default).replace("|", "\\|")  # a table cell's pipe, escaped even in code
       rows.append(f"| `--{flag_name(f)}` | {f'`{default}`' if default else ''} | "
                   f"{f.metadata['help'].replace('|', '/')} |")
   return "\n".join(rows)

@@ -40,7 +40,8 @@ def export_embeddings(params, config: ModelConfig, log: ClickLog, path: str, unt
 
   user_ids [U], user_emb [U, D], item_ids [I-1], item_emb [I-1, D] (padding dropped),
   visited_indptr [U+1], visited_indices (CSR of the clicks behind each user vector,
-  as indices into item_ids).
+  as indices into item_ids); with item features, cold_items [I-1] bool: the items whose
+  vector is their features alone (none of their clicks trained the model).
   """
   ends = history_ends(log, until)
   users = np.arange(log.num_users)
@@ -62,6 +63,8 @@ def export_embeddings(params, config: ModelConfig, log: ClickLog, path: str, unt
       "visited_indices": (visited - 1).astype(np.int64),
       **{k: np.asarray(v) for k, v in (metadata or {}).items()},
   }
+  if config.item_features is not None:  # items scored by their features alone (never clicked)
+    arrays["cold_items"] = ~config.item_features.warm[1:]
   with atomic_path(path, suffix=".npz") as tmp:
     np.savez(tmp, **arrays)
   return arrays

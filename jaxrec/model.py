@@ -100,6 +100,12 @@ class Seq2Seq(nn.Module):
     self.position_embeddings = nn.Embed(c.seq_length, c.hidden_size, embedding_init=init)
     if not c.share_embeddings:
       self.outputs_embedding = nn.Embed(c.num_items, c.hidden_size, embedding_init=init)
+    # Item side features: a value table per field, on the output side too unless tables are tied.
+    self.feature_embeddings = [nn.Embed(n, c.hidden_size, embedding_init=init, name=f"feature_{f}")
+                               for f, n in enumerate(c.feature_sizes)]
+    if not c.share_embeddings:
+      self.output_feature_embeddings = [nn.Embed(n, c.hidden_size, embedding_init=init, name=f"output_feature_{f}")
+                                        for f, n in enumerate(c.feature_sizes)]
     if c.embedding_layer_norm:
       self.embedding_norm = nn.LayerNorm(c.layer_norm_epsilon)
     self.embedding_dropout = nn.Dropout(c.hidden_dropout_rate)
@@ -133,7 +139,9 @@ class Seq2Seq(nn.Module):
     real_BxLx1 = (input_ids_BxL != 0)[..., None]
     pos_BxL = position_ids(input_ids_BxL, self.config.position_order, segments_BxL)
     pos_BxLxD = self.position_embeddings(pos_BxL)
-    if item_vectors_BxLxD is None:
+    if item_vectors_BxLxD is None and self.config.feature_sizes:
+      item_vectors_BxLxD = jnp.take(self.input_table(), input_ids_BxL, axis=0)
+    elif item_vectors_BxLxD is None:
       item_vectors_BxLxD = self.item_embeddings(input_ids_BxL)
     x_BxLxD = item_vectors_BxLxD + jnp.where(real_BxLx1, pos_BxLxD, 0.0)
     if self.config.embedding_layer_norm:
@@ -144,10 +152,32 @@ class Seq2Seq(nn.Module):
     """Names of the item tables in the params: (input, output), the same name when tied."""
     return ("item_embeddings", "item_embeddings" if self.config.share_embeddings else "outputs_embedding")
 
-  def output_table(self) -> jnp.ndarray:
+  def output_table(self, keep_I=None) -> jnp.ndarray:
     """[I, D]: the candidate-side item vectors (also the vectors recall indexes)."""
     table = self.item_embeddings if self.config.share_embeddings else self.outputs_embedding
-    return table.embedding
+    if not self.config.feature_sizes:
+      return table.embedding
+    features = self.feature_embeddings if self.config.share_embeddings else self.output_feature_embeddings
+    return self._with_features(table.embedding, features, keep_I)
+
+  def input_table(self, keep_I=None) -> jnp.ndarray:
+    """[I, D]: the vectors the encoder reads for each item row."""
+    if not self.config.feature_sizes:
+      return self.item_embeddings.embedding
+    return self._with_features(self.item_embeddings.embedding, self.feature_embeddings, keep_I)
+
+  def _with_features(self, ids_IxD, feature_tables, keep_I) -> jnp.ndarray:
+    """An item's vector with features: its id vector (warm rows only, and of those only the
+    rows `keep_I` keeps: id dropout) plus, per field, the mean of its values' vectors."""
+    rows = self.config.item_features
+    keep_I = jnp.asarray(rows.warm) if keep_I is None else jnp.asarray(rows.warm) & keep_I
+    out_IxD = jnp.where(keep_I[:, None], ids_IxD, 0.0)
+    for table, values_IxV in zip(feature_tables, rows.values):
+      values_IxV = jnp.asarray(values_IxV)
+      has_IxV = values_IxV > 0
+      sum_IxD = jnp.einsum("iv,ivd->id", has_IxV.astype(ids_IxD.dtype), table(values_IxV))
+      out_IxD = out_IxD + sum_IxD / jnp.maximum(has_IxV.sum(axis=1), 1)[:, None].astype(ids_IxD.dtype)
+    return out_IxD
 
   def user_vectors(self, input_ids_BxL) -> jnp.ndarray:
     """[B, D]: the output at the last position, the most recent real item (left padding).

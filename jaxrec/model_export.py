@@ -15,7 +15,6 @@ left-padded with 0. The output at the last position is the user vector, exactly 
 export computes it; recall is the inner product with item_emb.
 """
 
-import dataclasses
 import json
 import os
 
@@ -75,7 +74,7 @@ def write_artifact(directory: str, params, config: ModelConfig, item_ids: np.nda
   paths.append(items)
   manifest = os.path.join(directory, "model.json")
   with atomic_open(manifest) as f:
-    json.dump({**metadata, "model_config": dataclasses.asdict(config),
+    json.dump({**metadata, "model_config": config.as_dict(),
                "input": "int32 [B, seq_length]: each user's last seq_length clicks as items.npz row + 1, "
                         "left-padded with 0",
                "output": "float32 [B, hidden_size]: user vectors; score = user_vector . item_emb[row]"},

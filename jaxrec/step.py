@@ -88,7 +88,18 @@ def loss_fn(params, model: Seq2Seq, batch: Batch, dropout_rng=None, loss: LossCo
   """
   variables = {"params": params}
   in_name, out_name = model.table_names()
-  if sparse is None:
+  if sparse is None and model.config.feature_sizes:
+    # Item vectors with features, built once for both sides; id dropout leaves the same items'
+    # id vectors out of both, so that features alone learn to place an item.
+    keep_I = None
+    if dropout_rng is not None and model.config.id_dropout:
+      keep_I = jax.random.bernoulli(jax.random.fold_in(dropout_rng, 1), 1.0 - model.config.id_dropout,
+                                    (model.config.num_items,))
+    in_table = model.apply(variables, keep_I, method=Seq2Seq.input_table)
+    table = model.apply(variables, keep_I, method=Seq2Seq.output_table)
+    lookup_in = lambda ids: jnp.take(in_table, ids, axis=0)
+    lookup = lambda ids: jnp.take(table, ids, axis=0)
+  elif sparse is None:
     table = model.apply(variables, method=Seq2Seq.output_table)
     lookup_in = lambda ids: None  # the model looks items up itself
     lookup = lambda ids: jnp.take(table, ids, axis=0)

@@ -3,6 +3,7 @@
   <workdir>/model_config.json   the model's shape (checkpoints.py reads and checks it)
   <workdir>/train_config.json   the values a resumed run must keep (config.Config.kept)
   <workdir>/vocab.npz           raw item ids of the table rows, training click counts
+  <workdir>/features.npz        with --item_features: each row's feature values (item_features.py)
   <workdir>/checkpoints/, best/ Orbax checkpoints (checkpoints.py; saves.py watches them)
   <workdir>/metrics.jsonl, events  (run_log.py); summary.json, then _SUCCESS (train.py)
 
@@ -24,6 +25,7 @@ import jaxrec
 from jaxrec import checkpoints
 from jaxrec import console
 from jaxrec import errors
+from jaxrec import item_features
 from jaxrec import vocab
 from jaxrec import warm_start
 from jaxrec.clicks import ClickLog
@@ -56,22 +58,32 @@ class Start:
   resuming: bool
   base: warm_start.Base | None = None
   new_items: np.ndarray | None = None
+  features_note: str = ""  # what matching --item_features to the log did, said once checks pass
 
 
-def start_training(cfg: Config, log: ClickLog) -> Start:
+def start_training(cfg: Config, log: ClickLog, features: item_features.FeatureTable | None = None) -> Start:
   """Decides new / resume / warm start for cfg.run.workdir and checks everything that can be
-  checked before a file is written: a refused run leaves the workdir as it was."""
+  checked before a file is written: a refused run leaves the workdir as it was. With
+  `features` (--item_features), the table's items the log lacks join a new run's vocabulary
+  as cold items, and the model config carries every row's features."""
   workdir, source = cfg.run.workdir, cfg.data.source
+  if features is not None and cfg.train.init_from:
+    raise InputError(f"--init_from={cfg.train.init_from}: not yet with --item_features (a warm start does not "
+                     "grow the feature tables); train the day's model in a new --workdir without --init_from")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise InputError(f"--workdir={workdir}: not a directory")
   resuming = os.path.exists(vocab.path_in(workdir)) and checkpoints.read_model_config(workdir) is not None
   if resuming:
     # Resuming: the log must hold exactly the model's items, read in its rows' order.
     log, alignment = vocab.align_to_vocab(log, vocab.load_item_vocab(vocab.path_in(workdir)))
+    missing = alignment.missing_items
+    if features is not None:  # cold items (the feature table's, never clicked) are expected
+      clicked = np.bincount(log.items, minlength=log.num_items) > 0
+      missing = int(np.sum(~clicked[1:] & ~np.isin(log.item_ids[1:], features.item_ids)))
     # A warm-started workdir keeps yesterday's vanished items: missing from the log is expected.
-    if alignment.unknown_items or (alignment.missing_items and not cfg.train.init_from):
+    if alignment.unknown_items or (missing and not cfg.train.init_from):
       raise InputError(f"{source}: its items differ from those of the model in --workdir={workdir} "
-                       f"({alignment.unknown_items} new, {alignment.missing_items} missing): train on it in a "
+                       f"({alignment.unknown_items} new, {missing} missing): train on it in a "
                        f"new --workdir with --init_from={workdir}")
   base = new_items = None
   # The base model initialises a warm-started run until its first checkpoint exists.
@@ -85,10 +97,23 @@ def start_training(cfg: Config, log: ClickLog) -> Start:
       log, _ = vocab.align_to_vocab(log, ids)
     console.info("warm start from %s step %d: %d items kept, %d new", cfg.train.init_from, base.step,
                  len(base.item_ids) - 1, log.num_items - len(base.item_ids))
-  cfg = cfg.replace(model={"num_items": log.num_items})
+  note, model = "", {"num_items": log.num_items}
+  if features is not None:
+    cold = 0
+    if not resuming:
+      clicked_items = log.item_ids
+      log, cold = item_features.with_cold_items(log, features)
+      note = item_features.describe(features, clicked_items, cold)
+    rows = item_features.rows(features, log.item_ids, np.bincount(log.items, minlength=log.num_items) > 0)
+    saved = item_features.path_in(workdir)
+    if resuming and os.path.exists(saved) and item_features.load(saved).fingerprint() != rows.fingerprint():
+      raise InputError(f"--item_features={features.path}: other features than the run in --workdir={workdir} "
+                       "trained with; train on it in a new --workdir")
+    model = {"num_items": log.num_items, "feature_sizes": rows.sizes, "item_features": rows}
+  cfg = cfg.replace(model=model)
   checkpoints.check_same_model(workdir, cfg.model)
   checkpoints.check_train_flags(workdir, cfg.kept(), set(cfg.run.allow_changed_flags))
-  return Start(cfg, log, resuming, base, new_items)
+  return Start(cfg, log, resuming, base, new_items, note)
 
 
 def record(start: Start, item_counts: np.ndarray) -> dict:
@@ -106,6 +131,8 @@ def record(start: Start, item_counts: np.ndarray) -> dict:
     checkpoints.write_train_flags(workdir, start.config.kept())
     if not start.resuming:
       vocab.save_vocab(start.log, vocab.path_in(workdir), start.new_items, item_counts)
+      if start.config.model.item_features is not None:
+        item_features.save(start.config.model.item_features, item_features.path_in(workdir))
   return {"flags": start.config.kept(), "data": data_fingerprint(start.config, start.log),
           "versions": versions(), "vocab_fingerprint": vocab.vocab_fingerprint(start.log.item_ids)}
 

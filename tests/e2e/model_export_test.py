@@ -48,12 +48,18 @@ def cli(*args):
   return result
 
 
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
+@pytest.fixture(scope="module", params=["ids", "features"])
+def artifact(tmp_path_factory, request):
+  """The artifact of a tiny model, with item ids only or with item features (10 cold items)."""
   root = tmp_path_factory.mktemp("artifact")
   workdir = str(root / "workdir")
-  cli(*TINY, f"--workdir={workdir}")
-  cli(*TINY, f"--workdir={workdir}", "--mode=export")
+  flags = [*TINY, f"--workdir={workdir}"]
+  if request.param == "features":
+    with open(root / "attrs.txt", "w") as f:
+      f.writelines(f"i{i} a{i % 7} b{i % 3}\n" for i in range(90))
+    flags.append(f"--item_features={root}/attrs.txt")
+  cli(*flags)
+  cli(*flags, "--mode=export")
   onnx = [] if ONNX_MISSING else ["--onnx"]
   cli(f"--workdir={workdir}", "--mode=export_model", *onnx)  # needs no data
   npz = np.load(os.path.join(workdir, "embeddings.npz"))
@@ -76,10 +82,10 @@ def require_onnx_extra():
 
 
 @pytest.mark.parametrize("runtime", ["jax", "onnx"])
-def test_artifact_gives_export_user_vectors_without_jaxrec(request, runtime):
+def test_artifact_gives_export_user_vectors_without_jaxrec(artifact, runtime):
   if runtime == "onnx":
-    require_onnx_extra()  # before building the artifact
-  directory, ids_path, npz = request.getfixturevalue("artifact")
+    require_onnx_extra()
+  directory, ids_path, npz = artifact
   subprocess.run([sys.executable, "-c", LOADER, directory, ids_path, runtime], check=True, timeout=300,
                  cwd="/", env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
   out = np.load(ids_path + ".out.npy")
@@ -90,6 +96,7 @@ def test_artifact_gives_export_user_vectors_without_jaxrec(request, runtime):
 def test_artifact_holds_the_catalog_and_its_manifest(artifact):
   directory, _, npz = artifact
   items = np.load(os.path.join(directory, "items.npz"))
+  assert len(items["item_ids"]) == (90 if "cold_items" in npz.files else 80)
   np.testing.assert_array_equal(items["item_ids"], npz["item_ids"])
   np.testing.assert_array_equal(items["item_emb"], npz["item_emb"])
   assert items["item_counts"].sum() > 0

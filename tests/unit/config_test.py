@@ -96,8 +96,11 @@ def test_the_values_a_resumed_run_keeps():
       "weight_decay", "grad_clip_norm", "loss", "remove_accidental_hits", "num_negatives",
       "negative_distribution", "log_q", "label_smoothing", "sparse_embedding_updates", "short_length",
       "bucket_lengths", "data_shards", "seed", "eval_every_epochs", "eval_ks", "patience", "select_metric",
-      "holdout", "split", "valid_from", "test_from", "init_from", "user_col", "item_col", "time_col", "nulls"}
+      "holdout", "split", "valid_from", "test_from", "init_from", "user_col", "item_col", "time_col", "nulls",
+      "item_features"}
   assert "init_checkpoints" in config.make(init_from="runs/day1").kept()  # only beside --init_from
+  assert {"feature_item_col", "feature_separator", "id_dropout"} <= set(
+      config.make(item_features="items.txt").kept())  # only beside --item_features
   kept = config.make(eval_ks=(10, 20), num_processes=2, coordinator_address="h:1").kept()
   assert kept["eval_ks"] == ["10", "20"] and kept["data_shards"] == 2  # as the flags gave them; resolved
 

@@ -5,7 +5,11 @@
   python -m benchmarks.data_bench --clicks=10000000,100000000 --skip=csv@100000000
 
 Logs: Zipf(1.1) item popularity over items = users / 2.5, 20 clicks per user on average,
-integer ids, a timestamp column. Files are written once under --scratch and reused.
+integer ids, a timestamp column, from a fixed seed. The rows come in time order across users,
+as a click log is written, so the reader's (user, time) sort has every user's clicks to gather
+from the whole file (a log generated grouped by user would flatter that sort). Files are
+written once under --scratch and reused (named `log_CLICKS_bytime.*`, so files of the older,
+user-grouped generator are not).
 """
 
 import json
@@ -31,13 +35,16 @@ flags.DEFINE_string("worker_format", None, "Internal: its format.")
 
 
 def generate(clicks: int):
+  """(user, item, time) columns, rows in time order: users and items are drawn independently
+  of the times, so sorting the times alone orders the rows as sorting whole rows by time would."""
   rng = np.random.default_rng(0)
   users = max(clicks // 20, 1)
   items = max(int(users / 2.5), 1)
-  user = np.sort(rng.integers(0, users, clicks))
+  user = rng.integers(0, users, clicks)  # not sorted: a user's clicks are spread over the log
   item = np.minimum(rng.zipf(1.1, clicks) - 1, items - 1)
   item = rng.permutation(items)[item]  # popular items spread over the id range
   when = rng.integers(1_600_000_000, 1_700_000_000, clicks)
+  when.sort()  # the log's order: by time across users
   return user, item, when
 
 
@@ -84,7 +91,7 @@ def main(argv):
     for fmt in FLAGS.formats:
       if f"{fmt}@{clicks}" in FLAGS.skip:
         continue
-      path = os.path.join(FLAGS.scratch, f"log_{clicks}.{'txt' if fmt == 'pairs' else fmt}")
+      path = os.path.join(FLAGS.scratch, f"log_{clicks}_bytime.{'txt' if fmt == 'pairs' else fmt}")
       write(path, fmt, clicks)
       out = subprocess.run([sys.executable, "-m", "benchmarks.data_bench", f"--worker={path}",
                             f"--worker_format={fmt}"], capture_output=True, text=True)
@@ -97,7 +104,8 @@ def main(argv):
       print(rows[-1], file=sys.stderr, flush=True)
   text = "\n".join([
       "## Loading click logs", "", f"`{common.command_line('benchmarks.data_bench')}`",
-      f"Machine: {common.machine_line()}. Each read in its own process; bytes per click are the peak RSS "
+      f"Machine: {common.machine_line()}. Generated logs (20 clicks a user, Zipf items, items = users / 2.5, "
+      "rows in time order across users, seed 0). Each read in its own process; bytes per click are the peak RSS "
       f"above that of a process that only imported jaxrec.click_log ({baseline:.0f} MiB).", "",
       common.markdown_table(["clicks", "format", "file MiB", "load s", "peak RSS MiB", "bytes/click", "users",
                              "items"], rows)])

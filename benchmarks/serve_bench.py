@@ -5,8 +5,8 @@
   python -m benchmarks.serve_bench --load_generator=python  # without wrk: the httpx client only
 
 About 4 minutes on 2 cores at the defaults (two server start-ups, 10 s a row; the reload row
-is 10 s, the reload itself, about 30 s on one busy core, and 10 s more), plus the minute of
-training when --scratch has no model yet.
+is 10 s, the reload itself, about 30 s on one busy core, and 10 s more), plus an epoch of
+training for the reload's model, and the minute of training when --scratch has no model yet.
 
 The server runs on core 1 (`taskset -c 1`) and wrk on core 0 with one thread
 (benchmarks/serve_bench.lua): each request is one user's whole history from the click log, and
@@ -16,6 +16,15 @@ server's --max_queue), other errors, timeouts (wrk --timeout 10s) and the server
 then 64 connections while the server reloads its model, and the Python httpx client at 64
 clients (one connection each) for comparison. The markdown says which targets the numbers
 meet. Loopback traffic only, bounded in time.
+
+The reload loads another model, as a daily cycle's would: before the rows, a one-epoch warm
+start of the served run (`--init_from`, its training flags read back from its
+train_config.json) is trained into a temporary workdir; the server is started on a link to the
+served run (a published link is resolved at every load), and the reload row moves the link to
+the new run before POST /admin/reload. While the reload runs, from the POST to its answer, a
+probe client sends one request after another beside the load and counts its answers that are
+not 2xx and its transport errors (timeouts included); the row's own counts cover the load
+generator's requests over the whole row.
 """
 
 import asyncio
@@ -100,6 +109,44 @@ def ensure_wrk() -> str:
   # `wrk -v` prints its version and usage to stdout and exits 1.
   out = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split()
   return out[1] if len(out) > 1 else "(unknown version)"
+
+
+def training_flags(workdir: str) -> list:
+  """The flags `workdir` was trained with, as arguments, from the values its train_config.json
+  keeps (a warm start must repeat them); not its warm start's own --init_from or its length."""
+  with open(os.path.join(workdir, "train_config.json")) as f:
+    kept = json.load(f)
+  args = []
+  for name, value in sorted(kept.items()):
+    if name in ("data_shards", "init_from", "init_checkpoints", "num_epochs") or value is None:
+      continue  # data_shards: resolved, not a flag value (the default resolves it again)
+    if isinstance(value, bool):
+      args.append(f"--{'' if value else 'no'}{name}")
+    elif isinstance(value, list):
+      args.append(f"--{name}={','.join(map(str, value))}")
+    else:
+      args.append(f"--{name}={value}")
+  return args
+
+
+def train_reload_target(workdir: str, target: str) -> None:
+  """Trains `target`: one epoch warm-started from `workdir` on --data_path, the model the
+  reload row loads (a newer run of the same items, other parameters)."""
+  command = [sys.executable, "-m", "jaxrec.main", *training_flags(workdir), f"--data_path={FLAGS.data_path}",
+             f"--workdir={target}", f"--init_from={workdir}", "--num_epochs=1"]
+  proc = subprocess.run(command, env=env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  if proc.returncode:
+    raise RuntimeError(f"training the reload's model failed ({proc.returncode}): {shlex.join(command)}\n"
+                       + proc.stderr[-3000:])
+
+
+def point(link: str, target: str) -> None:
+  """Points the symlink `link` at `target` in one rename, as --publish does."""
+  tmp = link + ".tmp"
+  if os.path.lexists(tmp):
+    os.remove(tmp)
+  os.symlink(os.path.abspath(target), tmp)
+  os.replace(tmp, link)
 
 
 def pinning() -> tuple:
@@ -238,21 +285,51 @@ def python_load(url: str, clients: int, seconds: int, bodies: str, prefix: list,
           "timeouts": sum(part["timeouts"] for part in parts), "extra": extra}
 
 
-def reload_during(url: str, seconds: float):
-  """A `during` of an open-ended load: POST /admin/reload after `seconds`, stop the load
-  `seconds` after its answer, so the row holds the whole reload; (HTTP status, s it took)."""
+def reload_during(url: str, seconds: float, link: str, target: str, body: str):
+  """A `during` of an open-ended load: after `seconds`, point `link` (the server's --workdir) at
+  `target` and POST /admin/reload; stop the load `seconds` after its answer, so the row holds the
+  whole reload. Until the reload answers, a probe client sends `body` one request after another
+  and counts what the reload window did to requests. Returns {status, took_s, model_step,
+  previous_step, new_run, requests, not_2xx, transport}: the reload's HTTP status (or the
+  exception's name), the seconds it took, its answer's steps, whether an answer after it names
+  `target` as its run, and the probe's requests, those answered other than 2xx, and those that
+  got no answer (transport errors, timeouts included)."""
   def during(stop):
     import httpx
     time.sleep(seconds)
-    start = time.perf_counter()
-    try:
-      status = httpx.post(url + "/admin/reload", timeout=OPEN_ENDED_S).status_code
-    except httpx.HTTPError as e:
-      status = type(e).__name__
-    took_s = time.perf_counter() - start
+    point(link, target)
+    reload = {"model_step": None, "previous_step": None}
+
+    def post():
+      start = time.perf_counter()
+      try:
+        response = httpx.post(url + "/admin/reload", timeout=OPEN_ENDED_S)
+        reload["status"] = response.status_code
+        if response.status_code == 200:
+          reload.update(response.json())
+      except (httpx.HTTPError, ValueError) as e:
+        reload["status"] = type(e).__name__
+      reload["took_s"] = time.perf_counter() - start
+
+    poster = threading.Thread(target=post)
+    poster.start()
+    probe = {"requests": 0, "not_2xx": 0, "transport": 0}
+    with httpx.Client(base_url=url, timeout=FLAGS.timeout_s, headers={"Content-Type": "application/json"}) as client:
+      while poster.is_alive():
+        probe["requests"] += 1
+        try:
+          if not 200 <= client.post("/v1/recall", content=body).status_code < 300:
+            probe["not_2xx"] += 1
+        except httpx.HTTPError:
+          probe["transport"] += 1
+      poster.join()
+      try:  # the model now served must be the target's, not the one served before
+        reload["new_run"] = client.post("/v1/recall", content=body).json().get("run") == os.path.realpath(target)
+      except (httpx.HTTPError, ValueError):
+        reload["new_run"] = False
     time.sleep(seconds)
     stop()
-    return status, took_s
+    return {**reload, **probe}
   return during
 
 
@@ -292,10 +369,16 @@ def targets(results: dict, generator: str) -> list:
     lines.append(f"micro-batching gain and p99 at {TARGET_CONNECTIONS} connections: not measured "
                  f"(--connections has no {TARGET_CONNECTIONS})")
   r = results["reload"]
-  status, took_s = r["extra"]
-  failed = r["shed"] + r["other"] + r["timeouts"]
-  lines.append(f"0 errors while the model reloads at {FLAGS.reload_connections} connections: reload HTTP {status} "
-               f"after {took_s:.1f} s, {failed} answers not 200 or timed out, {verdict(failed == 0 and status == 200)}")
+  e = r["extra"]
+  failed = r["shed"] + r["other"] + r["timeouts"]  # the load generator's, over the whole row
+  window = e["not_2xx"] + e["transport"]  # the probe's, from the POST to its answer
+  swapped = "its one-epoch warm start" if e["new_run"] else "**not** the warm start: answers after it name another run"
+  met = failed == 0 and window == 0 and e["status"] == 200 and e["new_run"]
+  lines.append(f"0 errors while the model reloads at {FLAGS.reload_connections} connections: reload HTTP "
+               f"{e['status']} after {e['took_s']:.1f} s (model step {e['previous_step']} of the served run -> "
+               f"step {e['model_step']} of {swapped}); during the reload {e['requests']:,} probe requests, "
+               f"{e['not_2xx']} answered not 2xx, {e['transport']} transport errors; over the whole row "
+               f"{failed} answers not 200 or timed out, {verdict(met)}")
   over = results.get((generator, True, OVERLOAD_CONNECTIONS))
   if over:
     bound = "" if over["served_p99_exact"] else "at most "
@@ -329,8 +412,11 @@ def main(argv):
   if not os.path.exists(os.path.join(workdir, "_SUCCESS")):
     subprocess.run([sys.executable, "-m", "jaxrec.main", *FLAGS.train_flags.split(), f"--data_path={FLAGS.data_path}",
                     f"--workdir={workdir}"], env=env(), cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-  bodies = os.path.join(tempfile.mkdtemp(prefix="serve_bench_"), "bodies.jsonl")
+  temp = tempfile.mkdtemp(prefix="serve_bench_")
+  bodies = os.path.join(temp, "bodies.jsonl")
   write_bodies(bodies, FLAGS.bodies, FLAGS.top_n)
+  link, reload_target = os.path.join(temp, "current"), os.path.join(temp, "reloaded")
+  train_reload_target(workdir, reload_target)
   with open(bodies) as f:
     probe = f.readline().strip()
   server_flags = shlex.split(FLAGS.server_flags)
@@ -349,7 +435,8 @@ def main(argv):
     return r
 
   for batching in (True, False):
-    server = start_server(workdir, server_cpu, f"--{'' if batching else 'no'}batching", *server_flags)
+    point(link, workdir)  # every server starts on the served run; the reload row moves the link
+    server = start_server(link, server_cpu, f"--{'' if batching else 'no'}batching", *server_flags)
     proc, url, ready, _ = server
     try:
       loads[generator](url, 8, WARMUP_S, bodies, client_cpu)
@@ -359,15 +446,15 @@ def main(argv):
                                                               connections, FLAGS.seconds)
       if batching:
         r = measure(generator, "on, reload", server, FLAGS.reload_connections, OPEN_ENDED_S,
-                    during=reload_during(url, FLAGS.seconds))
-        rows[-1][1] = f"on, reload (HTTP {r['extra'][0]}, {r['extra'][1]:.1f} s)"
+                    during=reload_during(url, FLAGS.seconds, link, reload_target, probe))
+        rows[-1][1] = f"on, reload (HTTP {r['extra']['status']}, {r['extra']['took_s']:.1f} s)"
         results["reload"] = r
         for clients in map(int, FLAGS.python_clients if generator == "wrk" else []):
           results[("python", True, clients)] = measure("python", "on", server, clients, FLAGS.seconds)
     finally:
       proc.terminate()
       proc.wait(timeout=60)
-  shutil.rmtree(os.path.dirname(bodies))
+  shutil.rmtree(temp)
   table = common.markdown_table(["client", "batching", "connections", "served/s", "p50 ms", "p99 ms", "p99.9 ms",
                                  "503 (shed)", "other errors", "timeouts", "server peak RSS MiB"], rows)
   model = ready.partition(" (")[2].rstrip(")") or "see the server's ready line"
@@ -379,13 +466,16 @@ def main(argv):
       f"Machine: {common.machine_line()}; {pinned}. Load generator: {client}; the httpx rows run "
       f"{CLIENTS_PER_PROCESS} asyncio clients a process, one connection each, on the same core(s).",
       "",
-      f"Model: `{workdir}` ({model}){trained}. Server: `python -m jaxrec.serve --workdir={workdir} --port=0 "
-      f"--batching|--nobatching{' ' + shlex.join(server_flags) if server_flags else ''}`. Each request one user's "
-      f"whole history ({FLAGS.bodies:,} users drawn from `{os.path.basename(FLAGS.data_path)}`), top_n={FLAGS.top_n}; "
-      f"{FLAGS.seconds} s per row after a {WARMUP_S} s warm-up; the reload row is {FLAGS.seconds} s of load, "
-      f"POST /admin/reload, and {FLAGS.seconds} s more after it answered. Latency percentiles are over all "
-      "answers, 503s included; served/s counts 200s; other errors are other statuses and socket errors; a timeout is a "
-      f"request unanswered after {FLAGS.timeout_s} s.",
+      f"Model: `{workdir}` ({model}){trained}. Server: `python -m jaxrec.serve --workdir=LINK --port=0 "
+      f"--batching|--nobatching{' ' + shlex.join(server_flags) if server_flags else ''}`, LINK a symlink to "
+      f"`{workdir}`. Each request one user's whole history ({FLAGS.bodies:,} users drawn from "
+      f"`{os.path.basename(FLAGS.data_path)}`), top_n={FLAGS.top_n}; {FLAGS.seconds} s per row after a {WARMUP_S} s "
+      f"warm-up; the reload row is {FLAGS.seconds} s of load, then LINK moved to another model (one epoch "
+      f"warm-started from `{workdir}` with its training flags, trained before the rows) and POST /admin/reload, "
+      f"and {FLAGS.seconds} s more after it answered; a probe client sends one request after another from the "
+      "POST to its answer and counts its errors there. Latency percentiles are over all answers, 503s included; "
+      "served/s counts 200s; other errors are other statuses and socket errors; a timeout is a request unanswered "
+      f"after {FLAGS.timeout_s} s.",
       "",
       "Targets, from the numbers below:", "", *[f"- {line}" for line in targets(results, generator)], "", table])
   print(text)

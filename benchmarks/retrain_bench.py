@@ -179,7 +179,7 @@ def main(argv):
   text = "\n".join([
       "## Daily retraining (two simulated days)", "", f"`{common.command_line('benchmarks.retrain_bench')}`",
       f"Machine: {common.machine_line()}. Day 1: the log without each user's last click and without every "
-      f"click on a fixed random 10% of the items ({len(new_items):,} items new on day 2); day 2: the full log.",
+      f"click on a fixed random 10% of the items ({len(new_items):,} items held out, new on day 2); day 2: the full log.",
       "", common.markdown_table(["seed", "day 2", "best valid NDCG@10", "epochs to its best",
                                  "epochs to 98% of cold's best", "test NDCG@10", "test HR@10",
                                  "HR@10, new-item targets (users)"], rows),

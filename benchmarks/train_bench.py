@@ -662,7 +662,8 @@ def main(argv):
        "(tokens for dense, feed-forward and lbm; sum n_r^2 vs L^2 for attention; see `matmul_flops`)."
        if "real" in FLAGS.sections else ""),
   ]
-  blocks = ["## Training throughput" + (" by loss" if FLAGS.sections == ["losses"] else ""),
+  suffix = {("losses",): " by loss", ("real",): ", layouts"}.get(tuple(FLAGS.sections), "")
+  blocks = ["## Training throughput" + suffix,
             "\n".join(line for line in intro if line), real_text, sweep_text, loss_text,
             f"![training throughput]({os.path.relpath(plot_out, REPO)})" if plotted else ""]
   markdown = "\n\n".join(block for block in blocks if block)  # sections not run leave no gap

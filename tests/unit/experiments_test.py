@@ -19,7 +19,8 @@ FLAGFILES = sorted(glob.glob(os.path.join(REPO, "experiments", "*.flags")) +
 def test_there_are_flagfiles():
   recipes = {os.path.basename(f) for f in glob.glob(os.path.join(REPO, "experiments", "*.flags"))}
   assert recipes == {"base.flags", "beauty.flags", "beauty_spec.flags", "beauty_inbatch.flags",
-                     "beauty_bert4rec.flags", "sports.flags", "production.flags"}
+                     "beauty_bert4rec.flags", "sports.flags", "production.flags", "beauty_features.flags",
+                     "sports_features.flags"}
 
 
 @pytest.mark.parametrize("path", FLAGFILES, ids=os.path.basename)

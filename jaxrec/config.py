@@ -217,8 +217,9 @@ class ModelConfig(Section):
   feature_sizes: tuple[int, ...] = ()
   # The rows' feature values (item_features.ItemFeatureRows), attached where the model is built
   # from a workdir (checkpoints.read_model_config); data, not a setting: not saved with the
-  # config, not compared, not hashed.
-  item_features: object = dataclasses.field(default=None, compare=False, hash=False, repr=False)
+  # config. Compared and hashed by identity, so a cache keyed by the config (evaluate's jitted
+  # user tower) never serves one table's model for another's.
+  item_features: object = dataclasses.field(default=None, repr=False)
 
   def check(self):
     _in_unit_interval(self, "attention_dropout_rate", "id_dropout")

@@ -223,15 +223,25 @@ def with_cold_items(log: ClickLog, table: FeatureTable) -> tuple[ClickLog, int]:
   return dataclasses.replace(log, item_ids=item_ids), len(cold)
 
 
-def rows(table: FeatureTable, item_ids: np.ndarray, warm: np.ndarray) -> ItemFeatureRows:
-  """The table's features of each row of `item_ids` (a vocabulary, padding first); `warm` [I]."""
+def rows(table: FeatureTable, item_ids: np.ndarray, warm: np.ndarray,
+         base: ItemFeatureRows | None = None) -> ItemFeatureRows:
+  """The table's features of each row of `item_ids` (a vocabulary, padding first); `warm` [I].
+
+  With `base` (the rows of the model a warm start or a resume begins from), each field's values
+  keep their ids and the table's new values are appended, sorted: the value tables grow as the
+  item tables do."""
+  if base is not None and tuple(base.fields) != tuple(table.fields):
+    raise InputError(f"--item_features={table.path}: fields {', '.join(table.fields)}, but the model it continues "
+                     f"has {', '.join(base.fields)}")
   where = {item: k for k, item in enumerate(table.item_ids.tolist())}
   at = [where.get(item, -1) for item in item_ids.tolist()]
   at[0] = -1
   vocabs, matrices = [], []
   for f in range(len(table.fields)):
     per_item = table.values[f]
-    vocab = np.array(sorted({v for k in at if k >= 0 for v in per_item[k]}), dtype=str)
+    values = {v for k in at if k >= 0 for v in per_item[k]}
+    old = base.vocab[f].tolist() if base is not None else []
+    vocab = np.array(old + sorted(values - set(old)), dtype=str)
     index = {v: i + 1 for i, v in enumerate(vocab.tolist())}
     width = max([len(per_item[k]) for k in at if k >= 0] + [1])
     matrix = np.zeros((len(item_ids), width), np.int32)

@@ -2,9 +2,9 @@
 
 The vocabulary keeps every old item in its row, in its order, and appends the items new
 in today's log; items absent today keep their rows (they stay in the catalog). Encoder
-and position parameters are copied; each item table keeps its old rows and takes its new
-rows from the cold-start initialisation of the same seed, so a new row is exactly what a
-cold start would have given it. The optimizer starts fresh: Adam moments of a grown table
+and position parameters are copied; each item table (and with item features each value
+table) keeps its old rows and takes its new rows from the cold-start initialisation of the
+same seed, so a new row is exactly what a cold start would have given it. The optimizer starts fresh: Adam moments of a grown table
 have no meaning for its new rows, and yesterday's moments would carry a step size tuned
 to yesterday's last steps rather than to today's warm-up and schedule.
 """
@@ -79,15 +79,26 @@ def merge_vocab(old_item_ids: np.ndarray, log_item_ids: np.ndarray):
   return item_ids, new
 
 
+def _grows(name: str) -> bool:
+  """Tables whose rows a warm start appends to: the item tables and the feature value tables."""
+  return name in TABLES or name.startswith(("feature_", "output_feature_"))
+
+
 def graft(fresh: dict, base: dict) -> dict:
   """`fresh` parameters (a cold start's, for the grown catalog) with `base` copied in: every
-  non-table parameter whole, and the first rows of each item table."""
+  non-table parameter whole, and the first rows of each item and feature value table.
+  Parameters the base lacks (feature tables new to a model that had none) stay fresh."""
   def one(path, fresh_leaf, base_leaf):
     name = path[0].key
-    if name in TABLES:
+    if _grows(name):
       return fresh_leaf.at[:base_leaf.shape[0]].set(base_leaf)
     if fresh_leaf.shape != base_leaf.shape:
       raise ValueError(f"{jax.tree_util.keystr(path)}: shape {base_leaf.shape} in the base model, "
                        f"{fresh_leaf.shape} now")
     return jnp.asarray(base_leaf, fresh_leaf.dtype)
-  return jax.tree.map_with_path(one, fresh, base)
+  out = dict(fresh)
+  for name in fresh:
+    if name in base:
+      out[name] = jax.tree.map_with_path(lambda path, f, b: one((jax.tree_util.DictKey(name), *path), f, b),
+                                         fresh[name], base[name])
+  return out

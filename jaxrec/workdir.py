@@ -67,9 +67,6 @@ def start_training(cfg: Config, log: ClickLog, features: item_features.FeatureTa
   `features` (--item_features), the table's items the log lacks join a new run's vocabulary
   as cold items, and the model config carries every row's features."""
   workdir, source = cfg.run.workdir, cfg.data.source
-  if features is not None and cfg.train.init_from:
-    raise InputError(f"--init_from={cfg.train.init_from}: not yet with --item_features (a warm start does not "
-                     "grow the feature tables); train the day's model in a new --workdir without --init_from")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise InputError(f"--workdir={workdir}: not a directory")
   resuming = os.path.exists(vocab.path_in(workdir)) and checkpoints.read_model_config(workdir) is not None
@@ -91,24 +88,33 @@ def start_training(cfg: Config, log: ClickLog, features: item_features.FeatureTa
     if os.path.abspath(cfg.train.init_from) == os.path.abspath(workdir):
       raise InputError(f"--init_from={cfg.train.init_from}: is --workdir; a warm start trains in a new workdir")
     base = warm_start.read_base(cfg.train.init_from, cfg.train.init_checkpoints)
+    if base.config.item_features is not None and features is None:
+      raise InputError(f"--init_from={cfg.train.init_from}: its model has item features "
+                       f"({', '.join(base.config.item_features.fields)}); a warm start keeps them: pass --item_features")
     warm_start.check_same_shape(base, dataclasses.replace(cfg.model, num_items=base.config.num_items))
     if not resuming:
       ids, new_items = warm_start.merge_vocab(base.item_ids, log.item_ids)
       log, _ = vocab.align_to_vocab(log, ids)
     console.info("warm start from %s step %d: %d items kept, %d new", cfg.train.init_from, base.step,
                  len(base.item_ids) - 1, log.num_items - len(base.item_ids))
+  base_rows = base.config.item_features if base is not None else None
   note, model = "", {"num_items": log.num_items}
   if features is not None:
-    cold = 0
-    if not resuming:
+    saved_path = item_features.path_in(workdir)
+    if resuming and os.path.exists(saved_path):  # the workdir's rows are the truth; the table must agree
+      saved = item_features.load(saved_path)
+      if item_features.rows(features, log.item_ids, saved.warm, saved).fingerprint() != saved.fingerprint():
+        raise InputError(f"--item_features={features.path}: other features than the run in --workdir={workdir} "
+                         "trained with; train on it in a new --workdir")
+      rows = saved
+    else:
       clicked_items = log.item_ids
       log, cold = item_features.with_cold_items(log, features)
       note = item_features.describe(features, clicked_items, cold)
-    rows = item_features.rows(features, log.item_ids, np.bincount(log.items, minlength=log.num_items) > 0)
-    saved = item_features.path_in(workdir)
-    if resuming and os.path.exists(saved) and item_features.load(saved).fingerprint() != rows.fingerprint():
-      raise InputError(f"--item_features={features.path}: other features than the run in --workdir={workdir} "
-                       "trained with; train on it in a new --workdir")
+      warm = np.bincount(log.items, minlength=log.num_items) > 0
+      if base is not None:  # the base's trained id vectors stay in use, clicked today or not
+        warm[:len(base.item_ids)] |= base_rows.warm if base_rows is not None else True
+      rows = item_features.rows(features, log.item_ids, warm, base_rows)
     model = {"num_items": log.num_items, "feature_sizes": rows.sizes, "item_features": rows}
   cfg = cfg.replace(model=model)
   checkpoints.check_same_model(workdir, cfg.model)

@@ -105,3 +105,52 @@ def test_serve_knows_cold_items_as_clicks_and_as_results(run):
   assert info["items"] == 120
   assert cold_click["unknown_clicks"] == 0 and "fallback" not in cold_click  # a cold click is a known item
   assert set(cold_click["items"]) == set(ITEMS) - {COLD[0], COLD[1]}  # cold items are results too
+
+
+def test_a_warm_start_grows_the_feature_tables_and_keeps_the_trained_rows(run):
+  """Day 2: items 100-109 get clicks, 10 new items only the table names (a new brand and tag).
+  At a learning rate of 1e-30 the run's tables stay as grafted, so the old rows must equal day
+  1's bit for bit, and the new rows of every table come after them."""
+  from jaxrec import checkpoints, item_features, vocab
+  root, day1, _ = run
+  rnd = random.Random(1)
+  with open(root / "clicks2.csv", "w") as f:
+    f.write(open(root / "clicks.csv").read())
+    for u in range(300, 340):
+      f.write("".join(f"user {u},{rnd.choice(ITEMS[100:110])},{1_800_000_000 + u * 10 + k}\n" for k in range(4)))
+  new_items = [f"sku-{i:03d}" for i in range(120, 130)]
+  with open(root / "items2.csv", "w") as f:
+    f.write(open(root / "items.csv").read())
+    f.writelines(f'{i},"brand new",t99|t1\n' for i in new_items)
+  day2 = str(root / "day2")
+  cli("jaxrec.main", *TINY, f"--data_path={root}/clicks2.csv", "--user_col=user_id", "--item_col=item_id",
+      "--time_col=ts", f"--item_features={root}/items2.csv", "--feature_item_col=item_id", f"--workdir={day2}",
+      f"--init_from={day1}", "--num_epochs=1", "--learning_rate=1e-30")
+  ids1, ids2 = (vocab.load_item_vocab(vocab.path_in(w)) for w in (day1, day2))
+  assert ids2[:len(ids1)].tolist() == ids1.tolist() and sorted(ids2[len(ids1):].tolist()) == new_items
+  f1, f2 = (item_features.load(item_features.path_in(w)) for w in (day1, day2))
+  assert f2.vocab[0][:len(f1.vocab[0])].tolist() == f1.vocab[0].tolist()
+  assert f2.vocab[0][len(f1.vocab[0]):].tolist() == ["brand new"] and f2.vocab[1][len(f1.vocab[1]):].tolist() == ["t99"]
+  warm = dict(zip(ids2.tolist(), f2.warm.tolist()))
+  assert all(warm[i] for i in ITEMS[:110]) and not any(warm[i] for i in ITEMS[110:] + new_items)
+  p1, p2 = ({k: np.asarray(v["embedding"]) for k, v in checkpoints.restore_params(mgr, mgr.latest_step()).items()
+             if "embedding" in v and k != "position_embeddings"}
+            for mgr in (checkpoints.manager(day1, checkpoints.BEST, writer=False),  # what --init_from takes
+                        checkpoints.manager(day2, writer=False)))
+  assert set(p1) == set(p2) == {"item_embeddings", "outputs_embedding", "feature_0", "feature_1",
+                                "output_feature_0", "output_feature_1"}
+  for name in p1:
+    np.testing.assert_array_equal(p2[name][:len(p1[name])], p1[name])
+    assert len(p2[name]) == len(p1[name]) + (10 if "embedding" in name else 1)  # 10 items, 1 new value a field
+
+
+def test_a_warm_start_keeps_the_features_of_its_base(run, tmp_path):
+  root, day1, _ = run
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  result = subprocess.run([sys.executable, "-m", "jaxrec.main", *TINY, f"--data_path={root}/clicks.csv",
+                           "--user_col=user_id", "--item_col=item_id", "--time_col=ts", f"--workdir={tmp_path}/day2",
+                           f"--init_from={day1}"], env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2 and result.stderr.splitlines() == [
+      f"jaxrec: error: --init_from={day1}: its model has item features (brand, tags); a warm start keeps them: "
+      "pass --item_features"], result.stderr
+  assert not os.path.exists(tmp_path / "day2")

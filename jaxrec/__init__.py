@@ -24,7 +24,7 @@ points `main`, `recall_cli` and `serve` parse them, and library code never reads
                   inference inputs
   packing         first-fit packing, real slots and loss levels of a batch (pure numpy)
   checkpoints     Orbax managers, model_config.json, train_config.json, checkpoint selection
-  model           Seq2Seq: item + position embeddings, encoder layers, output table
+  model           Seq2Seq: item [+ feature] + position embeddings, encoder layers, output table
   attention       multi-head scaled dot-product attention (pure)
   masks           padding x subsequent mask -> -10000 bias (pure)
   filters         the causal low-pass filter of --encoder=bsarec (pure)
@@ -34,6 +34,7 @@ points `main`, `recall_cli` and `serve` parse them, and library code never reads
   holdout         which clicks train, validate and test: leave-one-out, time split, none
   vocab           the workdir's vocabulary: save, load, map a log onto it, fingerprint
   click_log       format, separator and compression detection, the text readers, --nulls, the synthetic log, describe
+  item_features   --item_features tables (text, CSV, Parquet), cold items, the rows the model embeds
   arrow_log       CSV, pairs and Parquet through Apache Arrow, ids by dictionary encoding
   clicks          ClickLog (CSR clicks with raw ids) and timestamp parsing, shared by the readers
   embeddings      the exported .npz: load and validate (no JAX)

@@ -50,8 +50,10 @@ def make_split(cfg: Config, log: ClickLog) -> holdout.Split:
   if cfg.data.holdout == "none":
     return holdout.no_holdout(log)
   if cfg.data.split == "time":
-    return holdout.time_split(log, seconds(cfg.data.valid_from), seconds(cfg.data.test_from), cfg.data.source)
-  return holdout.leave_one_out(log, cfg.data.source)
+    split = holdout.time_split(log, seconds(cfg.data.valid_from), seconds(cfg.data.test_from), cfg.data.source)
+  else:
+    split = holdout.leave_one_out(log, cfg.data.source)
+  return split.sampled(cfg.eval.eval_users, cfg.train.seed, cfg.eval.test_users == "sample")
 
 
 def own_share(cfg: Config, split: holdout.Split) -> holdout.Split:

@@ -322,6 +322,12 @@ class EvalConfig(Section):
                                        "--checkpoints).", lower=0)
   export_until: str = option("none", "none: user vectors from the whole history; test: from the clicks "
                              "before the test item.", choices=("none", "test"))
+  eval_users: int = option(0, "Validate (and stop early) on this many of the users with a validation target, "
+                           "a fixed sample drawn with --seed; 0: every one. Full ranking costs users x items "
+                           "a validation: a sample bounds it on large logs.", lower=0, kept=True)
+  test_users: str = option("all", "Which users the test ranks: all of them, or the --eval_users sample (where "
+                           "they have a test target).", choices=("all", "sample"), kept=True,
+                           only=(lambda c: bool(c.eval.eval_users), "--eval_users"))
 
   def check(self):
     kind, _, k = self.select_metric.partition("@")
@@ -465,6 +471,8 @@ class Config:
     out["data_shards"] = self.data_shards
     if not self.train.init_from:
       del out["init_checkpoints"]  # means nothing without --init_from (and its default changed)
+    if not self.eval.eval_users:
+      del out["test_users"]  # means nothing without a sample
     if not self.features.item_features:  # mean nothing without a feature table
       for name in ("feature_item_col", "feature_separator", "id_dropout"):
         del out[name]

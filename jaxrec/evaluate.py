@@ -72,7 +72,10 @@ def evaluate(params, config: ModelConfig, split: Split, which: str, ks=(10, 20, 
   ranks = np.where((history == targets[:, None]).any(axis=1), -1, ranks)
   if split.user_index is not None:  # one process's users: every process's ranks, in the whole log's order
     _, ranks = hosts.gather_rows(split.user_index[users], ranks.astype(np.int32))
-  return metrics.ranking_metrics(np.where(ranks < 0, np.inf, ranks), ks)
+  result = metrics.ranking_metrics(np.where(ranks < 0, np.inf, ranks), ks)
+  if split.sample and (which == "valid" or split.sample[2]):  # a row says when it ranked a sample
+    result["sampled_from"] = split.sample[1]
+  return result
 
 
 def print_table(row: dict) -> None:

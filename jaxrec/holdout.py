@@ -27,6 +27,7 @@ class Split:
   # whole log, and the whole log's training clicks per item. None: the log is the whole log.
   user_index: np.ndarray | None = None  # [U]
   counts: np.ndarray | None = None  # [I]
+  sample: tuple | None = None  # --eval_users: (users drawn, of how many, the test sampled too)
 
   @property
   def train_users(self) -> np.ndarray:
@@ -42,7 +43,26 @@ class Split:
     train_clicks_U = self.train_end - self.log.indptr[:-1]
     held = (f"{len(self.valid_users)} validation and {len(self.test_users)} test targets held out"
             if self.has_holdout else "nothing held out")
+    if self.sample:
+      held += (f" (validation{' and test' if self.sample[2] else ''} on a sample of {self.sample[0]} of "
+               f"{self.sample[1]} users, --eval_users)")
     return f"{int(train_clicks_U.sum())} training clicks of {np.count_nonzero(train_clicks_U)} users, {held}"
+
+  def sampled(self, users: int, seed: int, test_too: bool) -> "Split":
+    """Validation on a fixed sample of `users` of the validation users (drawn with `seed`; all of
+    them if there are no more), and with `test_too` the test on the sample's users only. The
+    sample depends only on the log, `users` and `seed`: a resumed run, --mode=eval and every
+    process draw the same one."""
+    if not users or users >= len(self.valid_users):
+      return self
+    rng = np.random.default_rng([seed, 0x5A3B1E])
+    pick = np.sort(rng.choice(len(self.valid_users), users, replace=False))
+    out = dataclasses.replace(self, valid_users=self.valid_users[pick], valid_ends=self.valid_ends[pick],
+                              sample=(users, len(self.valid_users), test_too))
+    if test_too:
+      keep = np.isin(self.test_users, out.valid_users)
+      out = dataclasses.replace(out, test_users=self.test_users[keep], test_ends=self.test_ends[keep])
+    return out
 
   def item_counts(self) -> np.ndarray:
     """[I] training clicks per item (padding 0 has none), over the whole log."""

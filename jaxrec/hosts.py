@@ -73,7 +73,7 @@ def subset_split(split: Split, users: np.ndarray, item_counts: np.ndarray) -> Sp
   test_users, test_ends = targets(split.test_users, split.test_ends)
   index = users if split.user_index is None else split.user_index[users]
   return Split(log, split.train_end[users] + shift, valid_users, valid_ends, test_users, test_ends,
-               user_index=index, counts=item_counts)
+               user_index=index, counts=item_counts, sample=split.sample)
 
 
 def agree_max(x: np.ndarray) -> np.ndarray:

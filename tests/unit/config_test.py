@@ -97,7 +97,7 @@ def test_the_values_a_resumed_run_keeps():
       "negative_distribution", "log_q", "label_smoothing", "sparse_embedding_updates", "short_length",
       "bucket_lengths", "data_shards", "seed", "eval_every_epochs", "eval_ks", "patience", "select_metric",
       "holdout", "split", "valid_from", "test_from", "init_from", "user_col", "item_col", "time_col", "nulls",
-      "item_features"}
+      "item_features", "eval_users"}
   assert "init_checkpoints" in config.make(init_from="runs/day1").kept()  # only beside --init_from
   assert {"feature_item_col", "feature_separator", "id_dropout"} <= set(
       config.make(item_features="items.txt").kept())  # only beside --item_features

@@ -245,9 +245,20 @@ class LossConfig(Section):
   remove_accidental_hits: bool = option(False, "Drop candidates equal to the row's own label.", kept=True)
   num_negatives: int = option(256, "--loss=mixed: sampled items per step.", lower=1, kept=True,
                               only=(lambda c: c.loss.kind == "mixed", "--loss=mixed"))
-  negative_distribution: str = option("uniform", "--loss=mixed: how the extra items are drawn.",
-                                      choices=("uniform", "popularity"), kept=True,
+  negative_distribution: str = option("uniform", "--loss=mixed: how the extra items are drawn: uniform over the "
+                                      "catalog; popularity: in proportion to training clicks to the power "
+                                      "--negative_alpha; mix: --negative_uniform_share of uniform, the rest by "
+                                      "popularity. Each drawn item's logit is corrected by log(N q).",
+                                      choices=("uniform", "popularity", "mix"), kept=True,
                                       only=(lambda c: c.loss.kind == "mixed", "--loss=mixed"))
+  negative_alpha: float = option(1.0, "--negative_distribution=popularity or mix: the power of the click "
+                                 "counts (0: uniform over clicked items, 1: as clicked).", lower=0, upper=1,
+                                 kept=True, only=(lambda c: c.loss.negative_distribution in ("popularity", "mix"),
+                                                  "--negative_distribution=popularity or mix"))
+  negative_uniform_share: float = option(0.5, "--negative_distribution=mix: the share of the proposal that is "
+                                         "uniform over the catalog.", lower=0, upper=1, kept=True,
+                                         only=(lambda c: c.loss.negative_distribution == "mix",
+                                               "--negative_distribution=mix"))
   log_q: str = option("standard", "--loss=inbatch/mixed: standard logQ (SPEC: every candidate minus log q) "
                       "or the corrected logQ of Khrylchenko et al. (RecSys 2025).",
                       choices=("standard", "corrected"), kept=True,
@@ -473,6 +484,10 @@ class Config:
       del out["init_checkpoints"]  # means nothing without --init_from (and its default changed)
     if not self.eval.eval_users:
       del out["test_users"]  # means nothing without a sample
+    if self.loss.negative_distribution not in ("popularity", "mix"):  # as above: added later, mean nothing
+      del out["negative_alpha"]
+    if self.loss.negative_distribution != "mix":
+      del out["negative_uniform_share"]
     if not self.features.item_features:  # mean nothing without a feature table
       for name in ("feature_item_col", "feature_separator", "id_dropout"):
         del out[name]

@@ -61,21 +61,46 @@ def init_state(model: Seq2Seq, tx, rng: jax.Array, sparse_embedding_updates: boo
   return TrainState(jnp.zeros((), jnp.int32), params, (tx.init(dense), moments), dropout_rng)
 
 
+def negative_log_q(item_log_q_I, loss: LossConfig, num_items: int) -> jnp.ndarray:
+  """[I] log q: the proposal --negative_distribution draws items 1..I-1 from (row 0 never).
+
+  popularity: q ∝ (count / total)^alpha over the clicked items (never-clicked items, whose
+  logQ is floored at -1e4, get none); uniform: 1 / (I - 1); mix: s * uniform + (1 - s) *
+  popularity. For uniform and popularity with alpha 1 this is the draw the mixed loss always
+  made."""
+  real_I = jnp.arange(num_items) > 0
+  uniform_I = jnp.where(real_I, -jnp.log(num_items - 1.0), -jnp.inf)
+  if loss.negative_distribution == "uniform":
+    return uniform_I
+  if loss.negative_distribution == "popularity" and loss.negative_alpha == 1:
+    return item_log_q_I  # log(count / total), normalised already (floored items: exp() is 0)
+  clicked_I = real_I & (item_log_q_I > -1e3)
+  scaled_I = jnp.where(clicked_I, loss.negative_alpha * item_log_q_I, -jnp.inf)
+  popularity_I = scaled_I - jax.nn.logsumexp(scaled_I)
+  if loss.negative_distribution == "popularity":
+    return popularity_I
+  s = loss.negative_uniform_share
+  return jnp.logaddexp(jnp.log(s) + uniform_I, jnp.log1p(-s) + popularity_I) if 0 < s < 1 else (
+      uniform_I if s == 1 else popularity_I)
+
+
 def sample_negatives(item_log_q_I, rng, loss: LossConfig, num_items: int):
-  """--loss=mixed: (ids [N], logQ [N]) of N items shared by the batch.
+  """--loss=mixed: (ids [N], logQ [N]) of N items shared by the batch, drawn from
+  `negative_log_q`'s proposal with replacement.
 
   The logQ is the log of each item's expected count in the sample, N * q(item), as
   the in-batch candidates are corrected by B * p(item): the sources stay comparable.
   """
   n = loss.num_negatives
-  if loss.negative_distribution == "popularity":
-    cdf = jnp.cumsum(jnp.exp(item_log_q_I))
-    ids = jnp.searchsorted(cdf, jax.random.uniform(rng, (n,)) * cdf[-1], side="right")
-    ids = jnp.clip(ids, 1, num_items - 1)
-    log_q = item_log_q_I[ids]
-  else:
+  if loss.negative_distribution == "uniform":  # the same draw as before the other proposals
     ids = jax.random.randint(rng, (n,), 1, num_items)
     log_q = jnp.full((n,), -jnp.log(num_items - 1.0))
+  else:
+    log_q_I = negative_log_q(item_log_q_I, loss, num_items)
+    cdf = jnp.cumsum(jnp.exp(log_q_I))
+    ids = jnp.searchsorted(cdf, jax.random.uniform(rng, (n,)) * cdf[-1], side="right")
+    ids = jnp.clip(ids, 1, num_items - 1)
+    log_q = log_q_I[ids]
   return ids, log_q + jnp.log(float(n))
 
 

@@ -3,7 +3,9 @@
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -187,3 +189,59 @@ def test_no_hits_to_remove_changes_nothing():
   plain = loss.in_batch_softmax_loss(out, emb, weight, mask)
   removed = loss.in_batch_softmax_loss(out, emb, weight, mask, None, label, True)
   np.testing.assert_allclose(float(plain), float(removed), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- --loss=mixed proposals
+
+
+@pytest.mark.parametrize("distribution, alpha, share", [("uniform", 1.0, 0.5), ("popularity", 1.0, 0.5),
+                                                         ("popularity", 0.5, 0.5), ("popularity", 0.0, 0.5),
+                                                         ("mix", 0.75, 0.3)])
+def test_negative_proposals_draw_what_they_correct_for(distribution, alpha, share):
+  """The draw's frequencies match q (a chi-square bound), and each draw's logQ is log(N q)."""
+  from jaxrec.config import LossConfig
+  from jaxrec.step import sample_negatives
+  counts = np.array([0, 50, 20, 20, 5, 0, 3, 1, 1], np.float64)  # row 0 padding, item 5 never clicked
+  num_items, n = len(counts), 200_000
+  with np.errstate(divide="ignore"):
+    log_q_I = np.maximum(np.log(counts / counts.sum()), -1e4).astype(np.float32)
+  loss = LossConfig(kind="mixed", num_negatives=n, negative_distribution=distribution, negative_alpha=alpha,
+                    negative_uniform_share=share)
+  ids, log_q = (np.asarray(x) for x in sample_negatives(jnp.asarray(log_q_I), jax.random.key(0), loss, num_items))
+  # The proposal, in float64 from its definition.
+  uniform = np.r_[0.0, np.full(num_items - 1, 1 / (num_items - 1))]
+  powered = np.where(counts > 0, counts ** alpha, 0.0)
+  popularity = powered / powered.sum()
+  q = {"uniform": uniform, "popularity": popularity, "mix": share * uniform + (1 - share) * popularity}[distribution]
+  freq = np.bincount(ids, minlength=num_items) / n
+  assert freq[0] == 0 and np.all(freq[q == 0] == 0)
+  seen = q > 0
+  chi2 = n * np.sum((freq[seen] - q[seen]) ** 2 / q[seen])
+  assert chi2 < 30, (freq, q)  # 8 degrees of freedom at most: p < 1e-3
+  np.testing.assert_allclose(log_q, np.log(n * q[ids]), rtol=1e-5, atol=1e-5)
+
+
+@settings(deadline=None, max_examples=10)
+@given(inputs(), st.booleans())
+def test_mixed_loss_gradients_equal_float64_differences(args, hits):
+  """For a fixed draw of extra negatives, the gradients of the mixed loss (with logQ and
+  accidental hits removed) w.r.t. the outputs and the item table are the float64 loop's,
+  by central differences."""
+  out, table, label, weight, mask, row_mask, extra_ids, extra_log_q = args
+
+  def f(out, table):
+    return loss.in_batch_softmax_loss(out, table[label], weight, mask, row_mask, label, hits,
+                                      extra_emb_NxD=table[extra_ids], extra_ids_N=extra_ids, extra_log_q_N=extra_log_q)
+
+  got_out, got_table = (np.asarray(g) for g in jax.grad(f, argnums=(0, 1))(out, table))
+  h = 1e-6
+  for x, got in ((out, got_out), (table, got_table)):
+    want = np.zeros(x.shape)
+    for index in np.ndindex(x.shape):
+      plus, minus = (np.array(x, np.float64) for _ in range(2))
+      plus[index] += h
+      minus[index] -= h
+      pair = [(p if x is out else out, p if x is table else table) for p in (plus, minus)]
+      want[index] = (naive(pair[0][0], pair[0][1], label, weight, mask, row_mask, extra_ids, extra_log_q, hits)
+                     - naive(pair[1][0], pair[1][1], label, weight, mask, row_mask, extra_ids, extra_log_q, hits)) / (2 * h)
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5)

@@ -3,9 +3,11 @@
   python -m benchmarks.train_bench --data_path=../shared/data/beauty_s3rec.txt
   python -m benchmarks.train_bench --quick  # tiny sizes, a smoke test (about a minute)
   python -m benchmarks.train_bench --sections=losses --section_name=train_losses  # per loss
+  python -m benchmarks.train_bench --sections=whole,real --section_name=train_real  # as a user times it
 
 Every measurement runs in its own process (its own compile cache and peak RSS); the
-child prints one JSON line and the parent collects them. The ceilings (XLA float32
+child prints one JSON line and the parent collects them. The `whole` section times the
+command line itself, whole processes of 1 and N epochs, as a user would. The ceilings (XLA float32
 matmul, numpy copy) are measured in the same run. Steps are driven with
 `Trainer.batch` and `Trainer.train_step`, exactly as the training loop does, with
 evaluation and checkpoints off. Run on a quiet machine: XLA's intra-op threads slow
@@ -15,6 +17,7 @@ down sharply when another process keeps a core busy.
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -501,6 +504,74 @@ def _run_sasrec(sizes: Sizes, data_path: str) -> dict:
   return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
 
 
+WHOLE_CONFIGS = [("default", []), ("--layout=plain", ["--layout=plain"])]
+flags.DEFINE_integer("whole_epochs", 4, "The whole section: each configuration runs as a process of 1 epoch and "
+                     "one of this many; an epoch is the difference over the extra epochs.")
+
+
+def _whole_run(argv: list) -> tuple:
+  """(wall seconds of one whole process as a user times it, start to exit; sequences an epoch, as
+  the process says: jaxrec's "N training sequences" line, SASRec.pytorch's JSON)."""
+  start = time.perf_counter()
+  proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+  wall = time.perf_counter() - start
+  if proc.returncode:
+    raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+  said = re.search(r"(\d+) training sequences", proc.stderr)
+  if said:
+    return wall, int(said.group(1))
+  return wall, json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])["sequences"]
+
+
+def whole_section(sizes: Sizes, data_path: str) -> str:
+  """The default command line timed as a user times it: whole processes of 1 and N epochs (no
+  validation), an epoch being (wall of N - wall of 1) / (N - 1) and start-up the 1-epoch
+  process minus an epoch; SASRec.pytorch timed the same way in the same run."""
+  n = FLAGS.whole_epochs
+  model = [f"--batch_size={sizes.batch_size}", f"--seq_length={sizes.seq_length}", f"--hidden_size={sizes.hidden_size}",
+           f"--num_attention_heads={sizes.num_heads}", f"--num_hidden_layers={sizes.num_layers}"]
+  data = [f"--data_path={data_path}"] if data_path else ["--data_format=synthetic", "--synthetic_users=2000",
+                                                        f"--synthetic_items={sizes.sweep_items}"]
+  rows, results, sequences = [], {}, {}
+  for name, extra in WHOLE_CONFIGS:
+    walls = []
+    for epochs in (1, n):
+      with tempfile.TemporaryDirectory() as workdir:
+        _progress(f"train_bench: whole process, {name}, {epochs} epoch(s)")
+        wall, sequences[name] = _whole_run([sys.executable, "-m", "jaxrec.main", *data, *model, *extra,
+                                            f"--workdir={workdir}", f"--num_epochs={epochs}", "--eval_every_epochs=1000"])
+        walls.append(wall)
+    results[name] = walls
+  if FLAGS.sasrec_python and data_path:
+    walls = []
+    for epochs in (1, n):
+      _progress(f"train_bench: whole process, SASRec.pytorch, {epochs} epoch(s)")
+      wall, sequences["SASRec.pytorch"] = _whole_run([
+          FLAGS.sasrec_python, os.path.join(REPO, "benchmarks", "sasrec_torch.py"), f"--sasrec_dir={FLAGS.sasrec_dir}",
+          f"--data_path={data_path}", f"--epochs={epochs}", f"--batch_size={sizes.batch_size}",
+          f"--maxlen={sizes.seq_length}", f"--hidden_units={sizes.hidden_size}", f"--num_blocks={sizes.num_layers}",
+          f"--num_heads={sizes.num_heads}"])
+      walls.append(wall)
+    results["SASRec.pytorch"] = walls
+  epoch = {k: (w[1] - w[0]) / (n - 1) for k, w in results.items()}
+  rate = {k: sequences[k] / epoch[k] for k in results}
+  for name, (one, many) in results.items():
+    versus = f"{rate[name] / rate['SASRec.pytorch']:.1f}x" if "SASRec.pytorch" in rate and name != "SASRec.pytorch" else "-"
+    rows.append([name, f"{one:.1f}", f"{many:.1f}", f"{epoch[name]:.2f}", f"{sequences[name]:,}",
+                 f"{rate[name]:,.0f}", f"{one - epoch[name]:.1f}", versus])
+  header = ["command", "1 epoch, s", f"{n} epochs, s", "s / epoch", "sequences an epoch", "sequences/s",
+            "start-up s", "vs SASRec.pytorch"]
+  return "\n".join([
+      f"Whole processes, timed as a user times them: each configuration's command line ran for 1 epoch and for {n} "
+      f"(`--eval_every_epochs=1000`: no validation), each its own process; an epoch is (wall of {n} - wall of 1) / "
+      f"{n - 1}, start-up the 1-epoch wall minus an epoch, and sequences/s an epoch's training sequences (as each "
+      "process says) over it. Everything a run does counts: reading, planning, compiling, checkpoint saves at every epoch's "
+      "end, the metrics fetch and checks of every step, the prefetch thread."
+      + (" SASRec.pytorch: `benchmarks/sasrec_torch.py --epochs=1` and `--epochs=" + str(n) + "`, timed the same "
+         "way." if "SASRec.pytorch" in results else ""), "",
+      common.markdown_table(header, rows)])
+
+
 def losses_section(sizes: Sizes, data_paths: list) -> str:
   """Each loss on each log, with the experiment flagfiles' encoder (shared table, feed-forward,
   dropout 0.5, the default layout): what a variant costs per step."""
@@ -637,9 +708,9 @@ def main(argv):
                         "options": {"ynn_dots": False}})
   ceilings["matmul_gflops_ynn"], ceilings["matmul_gflops_xla"] = ceilings["matmul_gflops"], without["matmul_gflops"]
   ceilings["matmul_gflops"] = max(ceilings["matmul_gflops"], without["matmul_gflops"])
-  unknown = set(FLAGS.sections) - {"real", "sweeps", "losses"}
+  unknown = set(FLAGS.sections) - {"real", "sweeps", "losses", "whole"}
   if unknown:
-    raise app.UsageError(f"--sections: unknown {sorted(unknown)} (choose from real, sweeps, losses)")
+    raise app.UsageError(f"--sections: unknown {sorted(unknown)} (choose from real, sweeps, losses, whole)")
   loss_paths = [os.path.abspath(p) for p in FLAGS.loss_data_paths if os.path.exists(p)]
   if "losses" in FLAGS.sections and len(loss_paths) < len(FLAGS.loss_data_paths):
     if not FLAGS.quick:
@@ -648,6 +719,7 @@ def main(argv):
   real_text = real_section(sizes, data_path, ceilings)[0] if "real" in FLAGS.sections else ""
   sweep_text, sweeps = sweep_section(sizes, ceilings) if "sweeps" in FLAGS.sections else ("", None)
   loss_text = losses_section(sizes, loss_paths) if "losses" in FLAGS.sections else ""
+  whole_text = whole_section(sizes, data_path) if "whole" in FLAGS.sections else ""
   plotted = bool(plot_out) and sweeps is not None and plot(sizes, sweeps, plot_out)
   intro = [
       f"`{common.command_line('benchmarks.train_bench')}`" + (" (smoke-test sizes)" if FLAGS.quick else ""),
@@ -662,9 +734,10 @@ def main(argv):
        "(tokens for dense, feed-forward and lbm; sum n_r^2 vs L^2 for attention; see `matmul_flops`)."
        if "real" in FLAGS.sections else ""),
   ]
-  suffix = {("losses",): " by loss", ("real",): ", layouts"}.get(tuple(FLAGS.sections), "")
+  suffix = (" by loss" if FLAGS.sections == ["losses"] else
+            ", layouts" if set(FLAGS.sections) <= {"real", "whole"} else "")
   blocks = ["## Training throughput" + suffix,
-            "\n".join(line for line in intro if line), real_text, sweep_text, loss_text,
+            "\n".join(line for line in intro if line), whole_text, real_text, sweep_text, loss_text,
             f"![training throughput]({os.path.relpath(plot_out, REPO)})" if plotted else ""]
   markdown = "\n\n".join(block for block in blocks if block)  # sections not run leave no gap
   print(markdown)

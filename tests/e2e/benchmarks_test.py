@@ -231,3 +231,17 @@ def test_cold_bench_rows_and_an_independent_attribute_popularity(tmp_path):
     hits[target in held_ids].append(target not in history and rank < 50)
   row = table_row(out, "attribute popularity")
   assert row[1] == f"{np.mean(hits[True]):.4f}" and row[4] == f"{np.mean(hits[False]):.4f}"
+
+
+def test_train_bench_whole_processes(tmp_path):
+  """The command line timed as a user times it: the rows and their arithmetic (no timing checked)."""
+  out = run_module("benchmarks.train_bench", "--quick", "--sections=whole", "--whole_epochs=3",
+                   f"--data_path={tmp_path / 'missing.txt'}", "--markdown_out=")
+  for name in ("default", "--layout=plain"):
+    one, three, epoch, sequences, rate, startup, _ = table_row(out, name)
+    one, three, epoch, startup = map(float, (one, three, epoch, startup))
+    assert abs(epoch - (three - one) / 2) <= 0.06 and abs(startup - (one - epoch)) <= 0.11  # shown rounded
+    sequences, rate = int(sequences.replace(",", "")), float(rate.replace(",", ""))
+    # sequences/s is an epoch's sequences over its time (shown to 0.01 s; at these sizes it may be
+    # noise around 0, even negative).
+    assert sequences > 0 and abs(rate * epoch - sequences) <= 0.005 * abs(rate) + 0.01 * sequences + 1

@@ -46,6 +46,16 @@ def load_clicks(cfg: Config) -> ClickLog:
                                     d.separator, d.nulls)
 
 
+def read_clicks(cfg: Config) -> tuple:
+  """(the clicks this process trains on, hosts.FileShares or None): the whole log, or with
+  --shard_by=file only this process's files of a Parquet directory."""
+  if cfg.data.shard_by == "file":
+    cfg.check_runnable("inspect")
+    with console.slow(f"reading this process's files of {cfg.data.data_path}"):
+      return hosts.read_own_files(cfg.data, cfg.data_shards)
+  return load_clicks(cfg), None
+
+
 def make_split(cfg: Config, log: ClickLog) -> holdout.Split:
   if cfg.data.holdout == "none":
     return holdout.no_holdout(log)
@@ -56,8 +66,14 @@ def make_split(cfg: Config, log: ClickLog) -> holdout.Split:
   return split.sampled(cfg.eval.eval_users, cfg.train.seed, cfg.eval.test_users == "sample")
 
 
-def own_share(cfg: Config, split: holdout.Split) -> holdout.Split:
-  """This process's users of `split` (several processes), with the whole log's item counts."""
+def own_share(cfg: Config, split: holdout.Split, shares: "hosts.FileShares | None" = None) -> holdout.Split:
+  """This process's users of `split` (several processes), with the whole log's item counts;
+  with `shares` (--shard_by=file) the split holds only them already."""
+  if shares is not None:
+    console.every_process("holds %d of %d users, from its files of %s (data shards %s of %d)", split.log.num_users,
+                          shares.users, cfg.data.data_path, ",".join(map(str, hosts.own_shards(cfg.data_shards))),
+                          cfg.data_shards)
+    return hosts.file_share(split, shares)
   if cfg.run.num_processes == 1:
     return split
   users = hosts.own_users(split.log.user_ids, cfg.data_shards)
@@ -72,7 +88,7 @@ def train(cfg: Config, log: ClickLog | None = None) -> dict:
   cfg.check_runnable("train")
   workdir_lib.check_publishable(cfg)
   began = time.perf_counter()
-  log = load_clicks(cfg) if log is None else log
+  log, shares = read_clicks(cfg) if log is None else (log, None)
   features = item_features.read(cfg.features) if cfg.features.item_features else None
   read_s = time.perf_counter() - began
   start = workdir_lib.start_training(cfg, log, features)
@@ -88,7 +104,7 @@ def train(cfg: Config, log: ClickLog | None = None) -> dict:
     if start.features_note:
       console.info("%s", start.features_note)
     console.info("%s", split.describe())
-    split = own_share(start.config, split)  # several processes: the other users' clicks are dropped here
+    split = own_share(start.config, split, shares)  # several processes: the other users' clicks are dropped here
     result = train_lib.train_and_evaluate(start.config, split, cfg.run.workdir, run_info,
                                           start.base and start.base.params)
   workdir_lib.publish(cfg)
@@ -102,8 +118,8 @@ def evaluate(cfg: Config, log: ClickLog | None = None) -> list:
     raise InputError("--mode=eval: --holdout=none holds nothing out to evaluate")
   model, mgr, step = workdir_lib.select(cfg)
   workdir_lib.check_evaluable(cfg)
-  log = load_clicks(cfg) if log is None else log
-  split = own_share(cfg, make_split(cfg, workdir_lib.model_log(cfg, log, model)))
+  log, shares = read_clicks(cfg) if log is None else (log, None)
+  split = own_share(cfg, make_split(cfg, workdir_lib.model_log(cfg, log, model)), shares)
   del log
   params = checkpoints.restore_params(mgr, step)
   rows = [{"split": which, "step": step, "mode": "eval",
@@ -130,6 +146,9 @@ def export(cfg: Config, log: ClickLog | None = None) -> str:
     raise InputError(f"--output={path}: is a directory")
   if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
     raise InputError(f"--output={path}: directory {out_dir} is not writable")
+  if cfg.data.shard_by == "file" and cfg.run.num_processes > 1:
+    raise InputError("--mode=export: with --shard_by=file run it as one process (it reads every file); its "
+                     "processes would each hold only their users")
   log = workdir_lib.model_log(cfg, load_clicks(cfg) if log is None else log, model)
   params = checkpoints.restore_params(mgr, step)
   metadata = {"step": step, "model_config": json.dumps(model.as_dict(), sort_keys=True),

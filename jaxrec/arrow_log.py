@@ -12,7 +12,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from jaxrec.clicks import NULL_TOKENS, first_bad_time, to_seconds
+from jaxrec.clicks import NULL_TOKENS, first_bad_time, null_mask, to_seconds
 from jaxrec.errors import InputError
 
 _PLAIN_INTEGER = r"^(0|[1-9][0-9]{0,17})$"  # fits int64, no leading zeros
@@ -142,19 +142,47 @@ def parquet_files(path: str) -> list:
   return sorted(files)
 
 
+def item_ids_of_files(path: str, files: list, item_col: str) -> np.ndarray:
+  """The distinct item ids of `files` (under directory `path`), as the readers spell them
+  (null tokens left out), sorted: one pass over the item column alone, file by file, so memory
+  grows with the catalog, not the log."""
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  seen = set()
+  for file in files:
+    partition = _partition_values(path, file)
+    try:
+      if item_col in partition:
+        column = pa.chunked_array([pa.array([partition[item_col]])])
+      else:
+        column = pq.read_table(file, columns=[item_col]).column(0)
+    except KeyError:
+      raise InputError(f"{file}: no column {item_col!r} (--item_col)") from None
+    except (pa.ArrowException, OSError) as e:
+      raise InputError(f"{file}: not a readable Parquet file ({' '.join(str(e).split())[:200]})") from None
+    column = column.drop_null()
+    if not (pa.types.is_string(column.type) or pa.types.is_dictionary(column.type) or _is_integer(column)):
+      column = column.cast("string")
+    ids = np.asarray(dense_ids(column)[0], dtype=str) if len(column) else np.zeros(0, str)  # as _columns spells them
+    seen.update(ids[~null_mask(ids)].tolist())
+  return np.array(sorted(seen), dtype=str)
+
+
 def _partition_values(path: str, file: str) -> dict:
   """The key=value directories between `path` and `file` (a Hive-partitioned table's columns)."""
   parts = os.path.relpath(os.path.dirname(file), path).split(os.sep) if file != path else []
   return dict(part.split("=", 1) for part in parts if "=" in part)
 
 
-def read_parquet(path: str, user_col: str, item_col: str, time_col: str):
+def read_parquet(path: str, user_col: str, item_col: str, time_col: str, files: list | None = None):
   """As read_csv, from one Parquet file or every Parquet file under a directory
-  (parquet_files); a column may be a partition key of the directory names (date=...)."""
+  (parquet_files), or only `files` of that directory; a column may be a partition key of the
+  directory names (date=...)."""
   import pyarrow as pa
   import pyarrow.parquet as pq
-  files = [path]
-  if os.path.isdir(path):
+  if files is None:
+    files = [path]
+  if os.path.isdir(path) and files == [path]:
     files = parquet_files(path)
     if not files:
       raise InputError(f"{path}: a directory without .parquet files")

@@ -27,15 +27,17 @@ _NOTE_LINE = re.compile(rb"^\s*([^\s:\[\],]+)\s*:\s*\[([^\[\]:]*)\]\s*$")
 
 
 def read_click_log(path: str, data_format: str = "auto", user_col: str = "user", item_col: str = "item",
-                   time_col: str = "", separator: str = "auto", nulls: str = "refuse") -> ClickLog:
+                   time_col: str = "", separator: str = "auto", nulls: str = "refuse",
+                   files: list | None = None) -> ClickLog:
   """Reads a click log in one of config.DATA_FORMATS (not synthetic) into a ClickLog.
 
   Text may be gzip, bz2 or zstd compressed (told by its first bytes). `separator` (CSV):
   a name of config.SEPARATORS. `nulls` (CSV, pairs, Parquet): refuse or drop a click with
-  a null user, item or time (clicks.NULL_TOKENS).
+  a null user, item or time (clicks.NULL_TOKENS). `files`: only these of a Parquet directory.
   """
-  if data_format == "parquet" or (data_format == "auto" and _looks_parquet(path)):
-    return _group_dense(*_handle_nulls(path, arrow_log.read_parquet(path, user_col, item_col, time_col), nulls))
+  if files is not None or data_format == "parquet" or (data_format == "auto" and _looks_parquet(path)):
+    return _group_dense(*_handle_nulls(path, arrow_log.read_parquet(path, user_col, item_col, time_col, files),
+                                       nulls))
   raw = read_bytes(path)
   name = _without_compression_suffix(path)
   if data_format == "auto":

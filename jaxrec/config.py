@@ -131,6 +131,12 @@ class DataConfig(Section):
                       "N/A (CSV, pairs, Parquet): refuse names its file and line; drop leaves it out and "
                       "counts it.", choices=("refuse", "drop"), kept=True,
                       only=(lambda c: c.data.data_format != "synthetic", "a file's --data_format"))
+  shard_by: str = option("user_hash", "How the users are split into --data_shards. user_hash: by a hash of the "
+                         "user id, every process reading the whole log; file: a Parquet directory whose files each "
+                         "hold whole users (as Spark's repartition(n, \"user\") writes it): shard s is the files i "
+                         "with i % --data_shards == s, and a process reads only its shards' files (and the item "
+                         "column of every file, for the vocabulary).", choices=("user_hash", "file"), kept=True,
+                         only=(lambda c: c.data.data_format in ("auto", "parquet"), "a Parquet directory"))
   holdout: str = option("last", "last: hold out validation and test clicks as --split says; none: train on "
                         "every click (the model to ship: no validation or test, all --num_epochs).",
                         choices=("last", "none"), kept=True)
@@ -484,6 +490,8 @@ class Config:
       del out["init_checkpoints"]  # means nothing without --init_from (and its default changed)
     if not self.eval.eval_users:
       del out["test_users"]  # means nothing without a sample
+    if self.data.shard_by == "user_hash":
+      del out["shard_by"]  # the only way before the option (and what old runs recorded nothing for)
     if self.loss.negative_distribution not in ("popularity", "mix"):  # as above: added later, mean nothing
       del out["negative_alpha"]
     if self.loss.negative_distribution != "mix":

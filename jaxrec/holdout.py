@@ -28,6 +28,7 @@ class Split:
   user_index: np.ndarray | None = None  # [U]
   counts: np.ndarray | None = None  # [I]
   sample: tuple | None = None  # --eval_users: (users drawn, of how many, the test sampled too)
+  shards: np.ndarray | None = None  # [U] --shard_by=file: each user's data shard (else a hash of its id)
 
   @property
   def train_users(self) -> np.ndarray:

@@ -6,6 +6,13 @@ p * S / P .. (p + 1) * S / P - 1 and nobody else's clicks. Every process reads t
 log, so the item vocabulary and the item popularity (logQ, popularity negatives) are
 those of the whole log and the same everywhere; then it drops the other users.
 
+With --shard_by=file (a Parquet directory whose files each hold whole users, as Spark's
+repartition by user writes it), shard s is instead the files i with i % S == s, and a process
+reads only its shards' files whole: the vocabulary comes from one pass over the item column of
+every file (memory bounded by the catalog), the item popularity from the processes' training
+counts summed, and each user's index in the whole log from the files' user counts, so the
+metrics and batches equal those of one process reading every file as S shards.
+
 Training: each shard has its own BatchPlan over its users with batch_size / S rows (its
 own shuffle and negatives), and the global batch of a step is the concatenation of the
 shards' batches in shard order, so the batches depend on the shard count and the seed,
@@ -19,13 +26,17 @@ thread (never from the prefetch thread, which would race the train step's collec
 """
 
 import dataclasses
+import os
 import zlib
 
 import jax
 import numpy as np
 
+from jaxrec import arrow_log
+from jaxrec import click_log
 from jaxrec import input_pipeline
 from jaxrec import packing
+from jaxrec import vocab
 from jaxrec.clicks import ClickLog, gather_ranges
 from jaxrec.errors import InputError
 from jaxrec.holdout import Split
@@ -48,6 +59,64 @@ def own_users(user_ids: np.ndarray, num_shards: int) -> np.ndarray:
   """Indices of the users of this process's shards, ascending."""
   shards, shard_U = own_shards(num_shards), shard_of(user_ids, num_shards)
   return np.flatnonzero((shard_U >= shards.start) & (shard_U < shards.stop))
+
+
+@dataclasses.dataclass(frozen=True)
+class FileShares:
+  """--shard_by=file: what reading only this process's files tells about its users, by user id:
+  each one's data shard (its file's index modulo --data_shards) and its index in the whole log
+  (files in path order, each file's users in the order its reader gives them)."""
+  shard: dict
+  index: dict
+  users: int  # in the whole log
+
+
+def read_own_files(data, num_shards: int) -> tuple[ClickLog, FileShares]:
+  """(this process's users' clicks, FileShares) of the Parquet directory data.data_path: only
+  the files of this process's shards are read whole; the item column of every file gives the
+  vocabulary, the same on every process (a collective: every process calls it)."""
+  path = data.data_path
+  if not os.path.isdir(path):
+    raise InputError(f"--shard_by=file: --data_path={path} is not a directory of Parquet files")
+  files = arrow_log.parquet_files(path)
+  if len(files) < num_shards:
+    raise InputError(f"--shard_by=file: {path} has {len(files)} Parquet files for --data_shards={num_shards}; "
+                     "shard s takes the files i with i % --data_shards == s, so each shard needs one")
+  shards = own_shards(num_shards)
+  own = [i for i in range(len(files)) if i % num_shards in shards]
+  item_ids = np.concatenate([[""], arrow_log.item_ids_of_files(path, files, data.item_col)])
+  logs, where = [], {}
+  for i in own:
+    log = click_log.read_click_log(path, "parquet", data.user_col, data.item_col, data.time_col,
+                                   nulls=data.nulls, files=[files[i]])
+    log, _ = vocab.align_to_vocab(log, item_ids)  # every item is in the vocabulary: nothing dropped
+    for user in log.user_ids.tolist():
+      if user in where:
+        raise InputError(f"--shard_by=file: user {user!r} is in {files[where[user]]} and {files[i]}; each user's "
+                         "clicks must be in one file (Spark: repartition(n, \"user\"))")
+      where[user] = i
+    logs.append(log)
+  counts = np.zeros(len(files), np.int64)
+  counts[own] = [l.num_users for l in logs]
+  offsets = np.concatenate([[0], np.cumsum(_agree_sum(counts))])  # every file's users, from their readers
+  index, shard = {}, {}
+  for i, log in zip(own, logs):
+    for k, user in enumerate(log.user_ids.tolist()):
+      index[user], shard[user] = int(offsets[i] + k), i % num_shards
+  lengths = np.concatenate([[0]] + [np.diff(l.indptr) for l in logs]).astype(np.int64)
+  times = None if logs[0].times is None else np.concatenate([l.times for l in logs])
+  log = ClickLog(np.concatenate([l.user_ids for l in logs]).astype(str), item_ids, np.cumsum(lengths),
+                 np.concatenate([l.items for l in logs]).astype(np.int32), times)
+  return log, FileShares(shard, index, int(offsets[-1]))
+
+
+def file_share(split: Split, shares: FileShares) -> Split:
+  """`split` (this process's users, read by read_own_files) with their shards, their indices in
+  the whole log, and the whole log's training clicks per item (summed over the processes)."""
+  users = split.log.user_ids.tolist()
+  return dataclasses.replace(split, user_index=np.array([shares.index[u] for u in users], np.int64),
+                             shards=np.array([shares.shard[u] for u in users], np.int64),
+                             counts=_agree_sum(split.item_counts()))
 
 
 def subset_log(log: ClickLog, users: np.ndarray) -> ClickLog:
@@ -73,7 +142,8 @@ def subset_split(split: Split, users: np.ndarray, item_counts: np.ndarray) -> Sp
   test_users, test_ends = targets(split.test_users, split.test_ends)
   index = users if split.user_index is None else split.user_index[users]
   return Split(log, split.train_end[users] + shift, valid_users, valid_ends, test_users, test_ends,
-               user_index=index, counts=item_counts, sample=split.sample)
+               user_index=index, counts=item_counts, sample=split.sample,
+               shards=None if split.shards is None else split.shards[users])
 
 
 def agree_max(x: np.ndarray) -> np.ndarray:
@@ -131,7 +201,7 @@ class ShardedPlan:
     if (len(shards) * groups) % num_devices:
       raise InputError(f"--data_shards={num_shards}: {len(shards)} shards per process and its "
                        f"{num_devices} devices: one must divide the other")
-    shard_U = shard_of(split.log.user_ids, num_shards)
+    shard_U = shard_of(split.log.user_ids, num_shards) if split.shards is None else split.shards
     self.plans = []
     for s in shards:
       users = np.flatnonzero(shard_U == s)

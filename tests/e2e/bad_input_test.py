@@ -303,6 +303,13 @@ CASES = {
     "features_with_sparse_updates": Case(SYN + " --item_features={tmp}/f.txt --sparse_embedding_updates",
                                          ("--sparse_embedding_updates: does not combine with --item_features",),
                                          {"f.txt": b"1 a\n"}),
+    # ----------------------------------------------------------------- --shard_by=file
+    "shard_by_file_not_a_directory": Case("--data_path={tmp}/c.csv --shard_by=file",
+                                          ("--shard_by=file: --data_path={tmp}/c.csv is not a directory of Parquet files",),
+                                          {"c.csv": b"user,item\nu,a\n"}),
+    "shard_by_file_fewer_files_than_shards": Case("--data_path={tmp}/d --data_format=parquet --shard_by=file --data_shards=3",
+                                                  ("--shard_by=file: {tmp}/d has 0 Parquet files for --data_shards=3",),
+                                                  {"d/_SUCCESS": b""}),
     "recall_unknown_flag": Case(RECALL + " --topn=3", ("Unknown command line flag 'topn'",), {"e.npz": emb()},
                                 "jaxrec.recall"),
     "recall_positional_argument": Case(RECALL + " extra", ("unexpected arguments", "extra"), {"e.npz": emb()},

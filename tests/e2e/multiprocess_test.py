@@ -34,22 +34,22 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(workdir, num_devices: int, extra=()):
+def _launch(workdir, num_devices: int, extra=(), base=FLAGS):
   flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={num_devices}"
   env = dict(os.environ, XLA_FLAGS=flags.strip(),
              JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
   # No shared compilation cache (conftest): the cache writes its entries unlocked, and
   # the other process of a pair would read one half-written, warn and compile anyway.
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
-  return subprocess.Popen([sys.executable, "-m", "jaxrec.main", *FLAGS, f"--workdir={workdir}", *extra],
+  return subprocess.Popen([sys.executable, "-m", "jaxrec.main", *base, f"--workdir={workdir}", *extra],
                           env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _pair(workdir, extra=()) -> list:
+def _pair(workdir, extra=(), base=FLAGS) -> list:
   """The two processes of a 2-process run."""
   port = _free_port()
   return [_launch(workdir, 2, (f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                               f"--process_id={i}", *extra)) for i in range(2)]
+                               f"--process_id={i}", *extra), base) for i in range(2)]
 
 
 def _wait_all(procs) -> list:
@@ -152,3 +152,41 @@ def _eval_rows(workdir) -> list:
 def _train_rows(workdir) -> list:
   with open(workdir / "metrics.jsonl") as f:
     return [row for row in map(json.loads, f) if row["split"] == "train"]
+
+
+def test_two_processes_reading_only_their_files_train_and_evaluate_like_one(tmp_path):
+  """--shard_by=file: a Parquet directory of 4 files, each holding whole users (as Spark's
+  repartition by user writes it); each of 2 processes reads its 2 files (and the item column of
+  all 4); one process reading all 4 as 2 shards trains and evaluates the same."""
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  from jaxrec import click_log
+  log = click_log.synthetic_click_log(49, 30, seed=0)
+  data = tmp_path / "clicks"
+  data.mkdir()
+  for f in range(4):
+    users = [u for u in range(log.num_users) if u % 4 == f]
+    rows = [(log.user_ids[u], log.item_ids[log.items[k]], k) for u in users
+            for k in range(log.indptr[u], log.indptr[u + 1])]
+    pq.write_table(pa.table({"user": [r[0] for r in rows], "item": [r[1] for r in rows], "ts": [r[2] for r in rows]}),
+                   data / f"part-{f:05d}.parquet")
+  (data / "_SUCCESS").write_text("")
+  flags = (f"--data_path={data}", "--time_col=ts", "--shard_by=file", *FLAGS[3:])
+  single, multi = tmp_path / "single", tmp_path / "multi"
+  outputs = _wait_all([_launch(single, 4, ("--data_shards=2",), flags)] + _pair(multi, (), flags))
+  _assert_disjoint_shares(outputs[1:], "holds")
+  assert "2 data shards of 10 rows" in outputs[1], outputs[1][-2000:]
+  (single_step, single_params), (multi_step, multi_params) = _final_params(single), _final_params(multi)
+  assert single_step == multi_step >= 2
+  flat_single = dict(jax.tree_util.tree_leaves_with_path(single_params))
+  flat_multi = dict(jax.tree_util.tree_leaves_with_path(multi_params))
+  assert flat_single.keys() == flat_multi.keys()
+  for path, value in flat_single.items():
+    np.testing.assert_allclose(np.asarray(flat_multi[path]), np.asarray(value), rtol=0, atol=1e-5,
+                               err_msg=jax.tree_util.keystr(path))
+  _wait_all([_launch(single, 4, ("--data_shards=2", "--mode=eval"), flags)])
+  _wait_all(_pair(single, ("--mode=eval",), flags))
+  rows = _eval_rows(single)
+  assert len(rows) == 4  # valid and test, of one process and of two
+  for one, two in zip(rows[:2], rows[2:]):
+    assert one == two and one["count"] > 10

@@ -505,6 +505,9 @@ def _run_sasrec(sizes: Sizes, data_path: str) -> dict:
 
 
 WHOLE_CONFIGS = [("default", []), ("--layout=plain", ["--layout=plain"])]
+flags.DEFINE_string("item_features", "../shared/data/beauty_s3rec_item_attributes.txt", "The whole section: the "
+                    "default with this --item_features table too (the cost of item features), where it exists and "
+                    "--data_path is given; '' skips it.")
 flags.DEFINE_integer("whole_epochs", 4, "The whole section: each configuration runs as a process of 1 epoch and "
                      "one of this many; an epoch is the difference over the extra epochs.")
 
@@ -533,7 +536,10 @@ def whole_section(sizes: Sizes, data_path: str) -> str:
   data = [f"--data_path={data_path}"] if data_path else ["--data_format=synthetic", "--synthetic_users=2000",
                                                         f"--synthetic_items={sizes.sweep_items}"]
   rows, results, sequences = [], {}, {}
-  for name, extra in WHOLE_CONFIGS:
+  configs = list(WHOLE_CONFIGS)
+  if FLAGS.item_features and data_path and os.path.exists(FLAGS.item_features):
+    configs.append(("default + --item_features", [f"--item_features={os.path.abspath(FLAGS.item_features)}"]))
+  for name, extra in configs:
     walls = []
     for epochs in (1, n):
       with tempfile.TemporaryDirectory() as workdir:

@@ -40,15 +40,16 @@ def naive(out, table, label, weight, mask, row_mask, extra_ids=None, extra_log_q
   correction is log(q_j / (1 - q_pos)), and the slot's loss is weighted by 1 - p_pos.
   """
   out, table, weight = (np.asarray(a, np.float64) for a in (out, table, weight))
+  batch, length = np.shape(mask)
   total, count = 0.0, 0
-  for b in range(B):
-    for l in range(L):
+  for b in range(batch):
+    for l in range(length):
       if not (mask[b, l] and row_mask[b]):
         continue
       shift = 0.0 if pos_log_q is None else math.log(1.0 - math.exp(pos_log_q[b, l]))
       pos = out[b, l] @ table[label[b, l]] - (weight[b, l] if pos_log_q is None else 0.0)
       logits = [pos]
-      for m in range(B):
+      for m in range(batch):
         if m == b or not row_mask[m] or (hits and label[m, l] == label[b, l]):
           continue
         logits.append(out[b, l] @ table[label[m, l]] - weight[m, l] + shift)
@@ -245,3 +246,85 @@ def test_mixed_loss_gradients_equal_float64_differences(args, hits):
       want[index] = (naive(pair[0][0], pair[0][1], label, weight, mask, row_mask, extra_ids, extra_log_q, hits)
                      - naive(pair[1][0], pair[1][1], label, weight, mask, row_mask, extra_ids, extra_log_q, hits)) / (2 * h)
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5)
+
+
+LONG = 20  # levels (packing.loss_levels): positions 12..19 for every row, 4..11, 0..3
+
+
+@settings(deadline=None, max_examples=15)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([1, 2]), st.booleans(), st.booleans(), st.booleans())
+def test_levels_score_each_real_slot_once(seed, groups, hits, mixed, corrected):
+  """Scoring each level only for the rows with real slots in it (the packed path's
+  `levels`) gives the loop's loss, for every variant; capacities leave unused (-1) rows."""
+  rng = np.random.default_rng(seed)
+  rows = 6
+  lengths = rng.choice([0, 3, 8, 9, 15, 17, LONG], rows)
+  row_mask = np.ones(rows, np.float32)
+  row_mask[-1] = rng.integers(0, 2)
+  lengths[row_mask == 0] = 0
+  mask = (np.arange(LONG)[None, :] >= LONG - lengths[:, None]).astype(np.float32)
+  ids = np.where(mask > 0, rng.integers(1, I, (rows, LONG)), 0).astype(np.int32)
+  out = rng.normal(size=(rows, LONG, D)).astype(np.float32)
+  table = rng.normal(size=(I, D)).astype(np.float32)
+  label = rng.integers(1, 4, (rows, LONG)).astype(np.int32)
+  weight = np.log(rng.uniform(1e-3, 0.5, (rows, LONG))).astype(np.float32)
+  extra_ids = rng.integers(1, I, N).astype(np.int32)
+  extra_log_q = np.log(rng.uniform(1e-3, 0.5, N)).astype(np.float32)
+  per_group = rows // groups
+  loss_rows = packing.level_rows(ids, row_mask, groups, (per_group, per_group))
+  levels = packing.loss_levels(LONG, loss_rows)
+  assert [(lo, hi) for lo, hi, _ in levels] == [(12, 20), (4, 12), (0, 4)]
+  extra = {"pos_log_q_BxL": weight} if corrected else {}
+  if mixed:
+    extra.update(extra_emb_NxD=table[extra_ids], extra_ids_N=extra_ids, extra_log_q_N=extra_log_q)
+  got = loss.in_batch_softmax_loss(out, table[label], weight, mask, row_mask, label, hits, **extra, levels=levels)
+  want = naive(out, table, label, weight, mask, row_mask, extra_ids if mixed else None,
+               extra_log_q if mixed else None, hits, pos_log_q=weight if corrected else None)
+  np.testing.assert_allclose(float(got), want, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("real", [0, 1, 2])
+def test_few_real_slots_and_no_row_mask(real):
+  """With 0, 1 or 2 real slots and no row_mask: the loops' mean over the real slots (0 for
+  none, not NaN), for the full softmax and the in-batch loss."""
+  rng = np.random.default_rng(real)
+  out = rng.normal(size=(B, L, D)).astype(np.float32)
+  table = rng.normal(size=(I, D)).astype(np.float32)
+  label = rng.integers(1, I, (B, L)).astype(np.int32)
+  weight = np.log(rng.uniform(1e-3, 0.5, (B, L))).astype(np.float32)
+  mask = np.zeros((B, L), np.float32)
+  mask[[0, 2][:real], L - 1] = 1.0
+  ones = np.ones(B, np.float32)
+  full = float(loss.full_softmax_loss(out, table, label, mask))
+  in_batch = float(loss.in_batch_softmax_loss(out, table[label], weight, mask))
+  if not real:
+    assert full == 0.0 and in_batch == 0.0
+    return
+  want_full = 0.0
+  for b, l in zip(*np.nonzero(mask)):
+    logits = table[1:].astype(np.float64) @ out[b, l].astype(np.float64)
+    top = logits.max()
+    want_full += top + math.log(np.exp(logits - top).sum()) - logits[label[b, l] - 1]
+  np.testing.assert_allclose(full, want_full / real, rtol=1e-5)
+  np.testing.assert_allclose(in_batch, naive(out, table, label, weight, mask, ones), rtol=1e-5)
+
+
+@pytest.mark.parametrize("distribution, alpha, share", [("uniform", 1.0, 0.5), ("popularity", 1.0, 0.5),
+                                                         ("popularity", 0.5, 0.5), ("mix", 0.75, 0.3),
+                                                         ("mix", 0.75, 0.0), ("mix", 0.75, 1.0)])
+def test_negative_log_q_is_the_proposal(distribution, alpha, share):
+  """negative_log_q against the float64 proposal: uniform over 1..I-1, popularity^alpha over
+  the clicked items, or their mix (shares 0 and 1 included: all popularity, all uniform)."""
+  from jaxrec.config import LossConfig
+  from jaxrec.step import negative_log_q
+  counts = np.array([0, 50, 20, 20, 5, 0, 3, 1, 1], np.float64)
+  with np.errstate(divide="ignore"):
+    log_q_I = np.maximum(np.log(counts / counts.sum()), -1e4).astype(np.float32)
+  loss = LossConfig(kind="mixed", negative_distribution=distribution, negative_alpha=alpha,
+                    negative_uniform_share=share)
+  got = np.exp(np.asarray(negative_log_q(jnp.asarray(log_q_I), loss, len(counts)), np.float64))
+  uniform = np.r_[0.0, np.full(len(counts) - 1, 1 / (len(counts) - 1))]
+  powered = np.where(counts > 0, counts ** alpha, 0.0)
+  popularity = powered / powered.sum()
+  want = {"uniform": uniform, "popularity": popularity, "mix": share * uniform + (1 - share) * popularity}[distribution]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)

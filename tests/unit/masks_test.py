@@ -97,3 +97,48 @@ def test_attention_bias_constant_is_spec_value():
   np.testing.assert_array_equal(
       np.asarray(masks.attention_bias(ids_1x3))[0, 0],
       [[-10000.0, -10000.0, -10000.0], [-10000.0, 0.0, -10000.0], [-10000.0, 0.0, 0.0]])
+
+
+@st.composite
+def packed_segments(draw):
+  """[B, L] int32 segment numbers of packed rows: runs of 1, 2, ... in order, 0 on padding
+  (before, between and after the runs)."""
+  batch, length = draw(st.sampled_from(BATCH)), draw(st.sampled_from(LENGTH))
+  rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+  segments_BxL = np.zeros((batch, length), np.int32)
+  for b in range(batch):
+    t, segment = int(rng.integers(0, 2)), 1
+    while t < length:
+      n = int(rng.integers(1, 4))
+      segments_BxL[b, t:t + n] = segment
+      t, segment = t + n + int(rng.integers(0, 2)), segment + 1
+  return segments_BxL
+
+
+def naive_segment_attention_bias(segments_BxL):
+  """bias[b, 0, q, k] = 0 if key k is real, in q's segment and k <= q, else -10000."""
+  batch, length = segments_BxL.shape
+  bias = np.full((batch, 1, length, length), -10000.0)
+  for b in range(batch):
+    for q in range(length):
+      for k in range(q + 1):
+        if segments_BxL[b, k] != 0 and segments_BxL[b, k] == segments_BxL[b, q]:
+          bias[b, 0, q, k] = 0.0
+  return bias
+
+
+@settings(deadline=None, max_examples=25)
+@given(packed_segments())
+def test_segment_attention_bias_matches_elementwise_definition(segments_BxL):
+  want = naive_segment_attention_bias(segments_BxL)
+  for got in _with_and_without_jit(masks.segment_attention_bias, segments_BxL):
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+
+
+@settings(deadline=None, max_examples=10)
+@given(left_padded_ids())
+def test_one_segment_per_row_is_the_plain_attention_bias(ids_BxL):
+  segments_BxL = (ids_BxL != 0).astype(np.int32)
+  np.testing.assert_array_equal(np.asarray(masks.segment_attention_bias(segments_BxL)),
+                                np.asarray(masks.attention_bias(ids_BxL)))

@@ -5,6 +5,7 @@ Shape key: U users, I items (row 0 is padding), D embedding size, H history slot
 
 import logging
 import math
+import warnings
 
 import jax
 import numpy as np
@@ -183,7 +184,8 @@ def test_padded_histories_dedups_and_pads(rows, extra_users):
   indices = np.array([i for r in rows for i in r], dtype=np.int64)
   history_UxH = metrics.padded_histories(indptr, indices, num_users=len(rows) + extra_users)
   assert history_UxH.dtype == np.int32
-  assert history_UxH.shape[0] == len(rows) + extra_users and history_UxH.shape[1] % 8 == 0
+  longest = max((len(set(r)) for r in rows), default=0)
+  assert history_UxH.shape == (len(rows) + extra_users, math.ceil(longest / 8) * 8)
   for u in range(history_UxH.shape[0]):
     want = np.unique(rows[u]) if u < len(rows) else np.zeros(0, np.int64)
     np.testing.assert_array_equal(history_UxH[u, :len(want)], want)
@@ -191,10 +193,29 @@ def test_padded_histories_dedups_and_pads(rows, extra_users):
 
 
 def test_padded_histories_rejects_bad_csr():
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match="non-decreasing and end at len"):
     metrics.padded_histories([0, 3], [1, 2])
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match="num_users=1 < 2 CSR rows"):
     metrics.padded_histories([0, 1, 2], [1, 2], num_users=1)
+  for indptr in ([], [[0, 1]], [1, 2]):  # empty, 2-D, not starting at 0
+    with pytest.raises(ValueError, match="indptr must be 1-D and start at 0"):
+      metrics.padded_histories(indptr, [1, 2])
+  with pytest.raises(ValueError, match="non-decreasing"):
+    metrics.padded_histories([0, 2, 1], [1])  # ends at len(indices), but decreases
+  with pytest.raises(ValueError, match="history item ids must be >= 0"):
+    metrics.padded_histories([0, 2], [1, -1])
+  with pytest.raises(ValueError, match="multiple must be >= 1, got 0"):
+    metrics.padded_histories([0, 2], [1, 2], multiple=0)
+
+
+def test_padded_histories_defaults_and_multiple():
+  """One row per CSR row unless num_users says more; widths rounded to `multiple` (1: none)."""
+  indptr, indices = [0, 3, 3, 4], [5, 2, 5, 7]
+  np.testing.assert_array_equal(metrics.padded_histories(indptr, indices, multiple=1),
+                                [[2, 5], [0, 0], [7, 0]])
+  np.testing.assert_array_equal(metrics.padded_histories(indptr, indices, num_users=4, multiple=3),
+                                [[2, 5, 0], [0, 0, 0], [7, 0, 0], [0, 0, 0]])
+  assert metrics.padded_histories([0, 0, 0], []).shape == (2, 0)  # no history at all: no slot
 
 
 def test_ranking_metrics_hand_computed():
@@ -212,8 +233,15 @@ def test_ranking_metrics_hand_computed():
 
 
 def test_ranking_metrics_empty_is_nan():
-  got = metrics.ranking_metrics(np.zeros(0, np.int32), (5,))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # NaN without numpy's "mean of empty slice" warning
+    got = metrics.ranking_metrics(np.zeros(0, np.int32), (5,))
   assert got["count"] == 0 and math.isnan(got["hr@5"]) and math.isnan(got["mrr"])
+
+
+def test_ranking_metrics_rejects_negative_ranks():
+  with pytest.raises(ValueError, match="ranks must be >= 0"):
+    metrics.ranking_metrics([0, -1])
 
 
 def test_evaluate_ranks_rejects_out_of_range_ids():
@@ -221,5 +249,31 @@ def test_evaluate_ranks_rejects_out_of_range_ids():
   item_emb_IxD = np.zeros((5, DIM), np.float32)
   with pytest.raises(ValueError, match="targets"):
     metrics.evaluate_ranks(user_emb_UxD, item_emb_IxD, np.array([0, 1]), np.zeros((2, 1)))
+  with pytest.raises(ValueError, match="targets"):  # item ids end at I - 1
+    metrics.evaluate_ranks(user_emb_UxD, item_emb_IxD, np.array([1, 5]), np.zeros((2, 1)))
   with pytest.raises(ValueError, match="history"):
     metrics.evaluate_ranks(user_emb_UxD, item_emb_IxD, np.array([1, 1]), np.full((2, 1), 5))
+
+
+def test_evaluate_ranks_of_no_users_is_empty():
+  rank_U = metrics.evaluate_ranks(np.zeros((0, DIM), np.float32), np.zeros((5, DIM), np.float32),
+                                  np.zeros(0, np.int32), np.zeros((0, 3), np.int32))
+  assert rank_U.dtype == np.int32 and rank_U.shape == (0,)
+
+
+def test_evaluate_ranks_rejects_mismatched_shapes():
+  user_emb_UxD = np.zeros((2, DIM), np.float32)
+  item_emb_IxD = np.zeros((5, DIM), np.float32)
+  targets, history = np.array([1, 2]), np.zeros((2, 1), np.int32)
+  with pytest.raises(ValueError, match=r"item_emb shape \(5, 4\) does not match user dim 3"):
+    metrics.evaluate_ranks(user_emb_UxD, np.zeros((5, DIM + 1), np.float32), targets, history)
+  with pytest.raises(ValueError, match="do not match 2 users"):
+    metrics.evaluate_ranks(user_emb_UxD, item_emb_IxD, np.array([1, 2, 3]), history)  # targets
+  with pytest.raises(ValueError, match="do not match 2 users"):
+    metrics.evaluate_ranks(user_emb_UxD, item_emb_IxD, targets, np.zeros((3, 1), np.int32))  # rows
+  with pytest.raises(ValueError, match="do not match 2 users"):
+    metrics.evaluate_ranks(user_emb_UxD, item_emb_IxD, targets, np.zeros(2, np.int32))  # 1-D
+  with pytest.raises(ValueError, match="block_size and item_block must be >= 1"):
+    metrics.evaluate_ranks(user_emb_UxD, item_emb_IxD, targets, history, block_size=0)
+  with pytest.raises(ValueError, match="block_size and item_block must be >= 1"):
+    metrics.evaluate_ranks(user_emb_UxD, item_emb_IxD, targets, history, item_block=0)

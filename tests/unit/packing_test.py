@@ -9,6 +9,7 @@ Shape key: B batch rows, L padded length, G device groups, P packed rows per gro
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -253,3 +254,64 @@ def test_level_rows_list_each_groups_rows_per_level_and_refuse_overflow():
   assert packing.level_rows(batch.input_ids, batch.row_mask, 2, (1, 3)) is None
   levels = packing.loss_levels(length, rows)
   assert [(lo, hi) for lo, hi, _ in levels] == [(24, 32), (16, 24), (0, 16)]
+
+
+@settings(deadline=None, max_examples=30)
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=12), st.sampled_from((1, 2, 3)),
+       st.sampled_from((8, 9, 20, 40)))
+def test_level_counts_count_each_groups_rows_reaching_each_level(lengths, groups, length):
+  """Against a loop over groups, levels after the first and rows: rows whose length passes
+  the level's start (8, 16, 32, ... back from the end) have real slots in it."""
+  lengths = np.minimum(lengths[:len(lengths) // groups * groups] or [0] * groups, length)
+  lengths_GxR = np.asarray(lengths).reshape(groups, -1)
+  starts = [s for s in packing.LEVEL_LENGTHS if s < length]
+  want = [[sum(1 for n in row if n > start) for start in starts] for row in lengths_GxR]
+  got = packing.level_counts(lengths_GxR, length)
+  assert got.shape == (groups, len(starts))
+  np.testing.assert_array_equal(got, np.asarray(want).reshape(groups, len(starts)))
+
+
+def test_with_slack_adds_an_eighth_rounded_up():
+  for n in range(0, 100):
+    assert packing.with_slack(n) == n + math.ceil(n / 8), n
+
+
+def test_round_up_and_slot_capacity_follow_their_definitions():
+  """round_up: the least multiple >= n. slot_capacity: n rounded up to a multiple of
+  max(128, 2^(bits(n) - 4)) (at least one), so at most n / 8 more from n = 1024 on."""
+  for n in range(0, 300):
+    for multiple in (1, 3, 8, 128):
+      assert packing.round_up(n, multiple) == multiple * math.ceil(n / multiple), (n, multiple)
+  for n in list(range(0, 2100)) + [5000, 65535, 65536, 100_001]:
+    step = max(128, 2 ** max(0, n.bit_length() - 4))
+    capacity = packing.slot_capacity(n)
+    assert capacity % step == 0 and n <= capacity < max(n, 1) + step, n
+    if n >= 1024:
+      assert capacity <= n + n / 8, n
+
+
+@settings(deadline=None, max_examples=30)
+@given(st.integers(0, 2**32 - 1), st.sampled_from((1, 2, 3)), st.booleans())
+def test_real_slots_list_each_groups_real_slots_then_minus_one(seed, groups, agreed):
+  """Against a loop: per group of rows, the flat indices (row * L + t within the group) of
+  the real slots of unmasked rows, in order, then -1; the capacity from the group with the
+  most (or from `most`, agreed between shards), by slot_capacity. Up to 300 slots a group:
+  past one 128-slot step."""
+  rng = np.random.default_rng(seed)
+  rows, length = 6 * groups, 64
+  lengths = rng.integers(0, length + 1, rows)
+  batch = left_padded_batch(rng, lengths, length, row_mask_B=rng.random(rows) < 0.8)
+  per_group = rows // groups
+  want = []
+  for g in range(groups):
+    index = [b * length + t for b in range(per_group) for t in range(length)
+             if batch.input_ids[g * per_group + b, t] != 0 and batch.row_mask[g * per_group + b] > 0]
+    want.append(index)
+  most = max(len(w) for w in want)
+  if agreed:
+    most += int(rng.integers(0, 200))  # another shard has more
+  slots = packing.real_slots(batch.input_ids, batch.row_mask, groups, most if agreed else None)
+  assert slots.dtype == np.int32 and slots.shape == (groups, packing.slot_capacity(most))
+  for g in range(groups):
+    np.testing.assert_array_equal(slots[g, :len(want[g])], want[g])
+    assert (slots[g, len(want[g]):] == -1).all()

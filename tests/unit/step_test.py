@@ -10,6 +10,7 @@ import tempfile
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxrec import config as config_lib
@@ -24,18 +25,21 @@ LOG = click_log.synthetic_click_log(300, 400, seed=3, mean_length=6)
 SPLIT = holdout.leave_one_out(LOG)
 
 
-def trainer(sparse: bool, share: bool, loss: str) -> train.Trainer:
+def trainer(sparse: bool, share: bool, loss: str, dropout: float = 0.0) -> train.Trainer:
   model = ModelConfig(num_items=LOG.num_items, seq_length=8, hidden_size=8, num_attention_heads=2,
-                      num_hidden_layers=1, share_embeddings=share)
+                      num_hidden_layers=1, share_embeddings=share, hidden_dropout_rate=dropout,
+                      attention_dropout_rate=dropout)
   config = config_lib.make(model=model, batch_size=16, optimizer=config_lib.OptimizerConfig(1e-2), eval_every_epochs=0,
                              sparse_embedding_updates=sparse,
-                             loss=config_lib.LossConfig(loss, **({'num_negatives': 5} if loss == 'mixed' else {})))
+                             loss=config_lib.LossConfig(loss, **({'num_negatives': 5, 'negative_distribution': 'popularity'}
+                                                                 if loss == 'mixed' else {})))
   return train.Trainer(config, SPLIT, tempfile.mkdtemp())
 
 
-@pytest.mark.parametrize("share,loss", [(False, "inbatch"), (True, "mixed")])
-def test_first_step_equals_dense_adam_and_untouched_rows_never_move(share, loss):
-  dense_t, sparse_t = trainer(False, share, loss), trainer(True, share, loss)
+# With dropout: both steps draw it from the same key, fold_in(rng, step).
+@pytest.mark.parametrize("share,loss,dropout", [(False, "inbatch", 0.0), (True, "mixed", 0.2)])
+def test_first_step_equals_dense_adam_and_untouched_rows_never_move(share, loss, dropout):
+  dense_t, sparse_t = trainer(False, share, loss, dropout), trainer(True, share, loss, dropout)
   dense, sparse = dense_t.init_state(), sparse_t.init_state()
   init = jax.tree.map(np.asarray, sparse.params)
   batches = [sparse_t.batch(0, i)[0] for i in range(2)]
@@ -44,8 +48,16 @@ def test_first_step_equals_dense_adam_and_untouched_rows_never_move(share, loss)
   # Step 1 from zero moments: rows with no gradient do not move in dense Adam either,
   # so both steps agree everywhere.
   np.testing.assert_allclose(float(sparse_metrics["loss"]), float(dense_metrics["loss"]), rtol=1e-6)
+  # The sparse step's gradient has the touched rows only, the dense one zeros elsewhere: one norm.
+  assert float(dense_metrics["grad_norm"]) > 0
+  np.testing.assert_allclose(float(sparse_metrics["grad_norm"]), float(dense_metrics["grad_norm"]), rtol=1e-5)
   for a, b in zip(jax.tree.leaves(sparse.params), jax.tree.leaves(dense.params), strict=True):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+  assert int(dense.step) == int(sparse.step) == 1 and dense.step.dtype == sparse.step.dtype == jnp.int32
+  dense, dense_metrics = dense_t.train_step(dense, batches[1])  # the dense step goes on from its own state
+  assert int(dense.step) == 2 and np.isfinite(float(dense_metrics["loss"]))
+  # ... which it kept: its Adam (and schedule) counts are at 2.
+  assert [int(c) for _, c in optax.tree_utils.tree_get_all_with_path(dense.opt_state, "count")] == [2, 2]
   sparse, _ = sparse_t.train_step(sparse, batches[1])
   touched = [np.asarray(getattr(b, k)).ravel() for b in batches for k in ("input_ids", "label")]
   if loss == "mixed":  # the shared negatives each step sampled, derived as the step does
@@ -122,13 +134,17 @@ def unflatten(flat_tree: dict) -> dict:
 def test_several_sparse_steps_match_float64_lazy_adam(share, loss):
   model = Seq2Seq(ModelConfig(num_items=ITEMS, seq_length=LENGTH, hidden_size=8, num_attention_heads=2,
                               num_hidden_layers=1, share_embeddings=share))
-  loss = config_lib.LossConfig(loss, **({"num_negatives": 3} if loss == "mixed" else {}))
+  # Popularity negatives: drawn from item_log_q_I, which the step must pass on.
+  loss = config_lib.LossConfig(loss, **({"num_negatives": 3, "negative_distribution": "popularity"}
+                                        if loss == "mixed" else {}))
   # Cosine decay: a new learning rate every step (none of them 0: every step's update shows).
   optimizer = config_lib.OptimizerConfig(1e-2, "cosine", sparse_embedding_updates=True, b2=B2)
   tx, lr = step_lib.make_optimizer(optimizer, STEPS + 1)
-  item_log_q_I = jnp.full((ITEMS,), -np.log(ITEMS - 1.0), jnp.float32)
-  step = jax.jit(functools.partial(step_lib.sparse_train_step, model=model, tx=tx, lr=lr, b2=B2, loss=loss,
-                                   b1=B1, eps=EPS))
+  counts = np.r_[0.0, np.arange(1.0, ITEMS)]  # item i clicked i times
+  with np.errstate(divide="ignore"):
+    item_log_q_I = jnp.asarray(np.maximum(np.log(counts / counts.sum()), -1e4), jnp.float32)
+  # b1 and eps left at their defaults, as train.Trainer leaves them: Adam's (and optax's) 0.9, 1e-8.
+  step = jax.jit(functools.partial(step_lib.sparse_train_step, model=model, tx=tx, lr=lr, b2=B2, loss=loss))
 
   @jax.jit
   def keys_and_negatives(rng, k):
@@ -184,3 +200,73 @@ def test_several_sparse_steps_match_float64_lazy_adam(share, loss):
   waited = {r for k in range(1, STEPS - 1) for r in range(ITEMS) if r not in touched_by_step[k]
             and any(r in t for t in touched_by_step[:k]) and any(r in t for t in touched_by_step[k + 1:])}
   assert len(waited) >= 5
+
+
+# ----------------------------------------------------------------------------- the optimizer
+
+
+def reference_lr(peak, schedule, warmup, total, t):
+  """The learning rate at step t (0-based) from the definition: linear warm-up from 0 over
+  `warmup` steps, then constant, or a cosine decay to 0 at step `total`."""
+  if t < warmup:
+    return peak * t / warmup
+  if schedule == "constant":
+    return peak
+  return peak * 0.5 * (1.0 + np.cos(np.pi * min(t - warmup, total - warmup) / (total - warmup)))
+
+
+@pytest.mark.parametrize("schedule,warmup_steps,total", [("constant", 0, 10), ("constant", 3, 10), ("cosine", 0, 10),
+                                                          ("cosine", 4, 10), ("constant", 50, 6), ("cosine", 50, 6),
+                                                          ("constant", 5, 1)])
+def test_learning_rate_schedules_follow_their_definition(schedule, warmup_steps, total):
+  """Warm-up longer than the run is cut to total - 1 steps, so the peak is still reached."""
+  config = config_lib.OptimizerConfig(0.5, schedule, warmup_steps=warmup_steps)
+  _, lr = step_lib.make_optimizer(config, total)
+  warmup = min(warmup_steps, total - 1)
+  for t in range(total + 2):
+    np.testing.assert_allclose(float(lr(t)), reference_lr(0.5, schedule, warmup, total, t), rtol=1e-5, atol=1e-7,
+                               err_msg=f"step {t}")
+
+
+def test_weight_decay_and_gradient_clipping_follow_adamw():
+  """Two steps of float64 AdamW from the definition: gradients clipped to the global norm
+  first (the first one is, the second is not), then Adam, then decay of the parameters."""
+  lr, decay, clip, b1, b2, eps = 0.1, 0.3, 1.0, 0.9, 0.999, 1e-8
+  config = config_lib.OptimizerConfig(lr, weight_decay=decay, grad_clip_norm=clip)
+  tx, _ = step_lib.make_optimizer(config, 10)
+  params = {"a": jnp.array([1.0, -2.0, 0.5]), "b": jnp.array([[3.0, 0.25]])}
+  grads = [{"a": jnp.array([4.0, -6.0, 1.0]), "b": jnp.array([[2.0, 0.0]])},  # global norm ~7.5: clipped to 1
+           {"a": jnp.array([0.1, 0.2, -0.3]), "b": jnp.array([[0.05, -0.4]])}]  # norm ~0.55: kept
+  state = tx.init(params)
+  ref = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  m = {k: np.zeros_like(v) for k, v in ref.items()}
+  v = {k: np.zeros_like(x) for k, x in ref.items()}
+  for t, g in enumerate(grads, start=1):
+    updates, state = tx.update(g, state, params)
+    params = jax.tree.map(lambda p, u: p + u, params, updates)
+    g64 = {k: np.asarray(x, np.float64) for k, x in g.items()}
+    norm = np.sqrt(sum(np.sum(x ** 2) for x in g64.values()))
+    scale = min(1.0, clip / norm)
+    for k in ref:
+      m[k] = b1 * m[k] + (1 - b1) * g64[k] * scale
+      v[k] = b2 * v[k] + (1 - b2) * (g64[k] * scale) ** 2
+      ref[k] = ref[k] - lr * ((m[k] / (1 - b1**t)) / (np.sqrt(v[k] / (1 - b2**t)) + eps) + decay * ref[k])
+    for k in ref:
+      np.testing.assert_allclose(np.asarray(params[k]), ref[k], rtol=1e-5, atol=1e-6, err_msg=f"step {t} {k}")
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_init_state_passes_fresh_parameters_through_adapt(sparse):
+  """A warm start's `adapt` sees the fresh parameters and the state (and its optimizer
+  state) holds what it returns; the step count starts at int32 0."""
+  model = Seq2Seq(ModelConfig(num_items=ITEMS, seq_length=LENGTH, hidden_size=8, num_attention_heads=2,
+                              num_hidden_layers=1))
+  tx, _ = step_lib.make_optimizer(config_lib.OptimizerConfig(1e-2), 10)
+  init = jax.jit(lambda key, adapt=None: step_lib.init_state(model, tx, key, sparse, adapt), static_argnums=1)
+  fresh = init(jax.random.key(3))
+  shift = lambda params: jax.tree.map(lambda x: x + 1.0, params)
+  adapted = init(jax.random.key(3), shift)
+  for a, b in zip(jax.tree.leaves(adapted.params), jax.tree.leaves(fresh.params), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b) + 1.0)
+  assert int(adapted.step) == 0 and adapted.step.dtype == jnp.int32
+  assert jax.tree.structure(adapted.opt_state) == jax.tree.structure(fresh.opt_state)

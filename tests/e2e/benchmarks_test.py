@@ -210,9 +210,11 @@ def test_cold_bench_rows_and_an_independent_attribute_popularity(tmp_path):
     assert len(table_row(out, name)) == 6
   # The baseline, naively: held-out items as the bench draws them; an item scores the training
   # clicks of every item sharing each of its values; ties rank the target last.
-  from benchmarks.cold_bench import held_out_items
-  log = click_log.read_click_log(str(data))  # the rows as the bench reads them, which its draw picks from
-  held = held_out_items(log, 0.1, 0)
+  # The held-out items: those of the log that the reduced log the models trained on lacks.
+  reduced, = (tmp_path / "scratch").glob("clicks_without_*_items_seed0.txt")
+  kept = {item for line in reduced.read_text().splitlines() for item in line.split()[1:]}
+  held = np.array([False] + [item not in kept for item in log.item_ids[1:].tolist()])
+  assert held.sum() == 8  # a tenth of the 80 items
   clicks = {}
   for k in range(len(log.items)):
     if not held[log.items[k]]:
